@@ -1,0 +1,169 @@
+"""The ``magic`` command line: ``python -m magic COMMAND ...``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .hub import HUB_ORG
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per scalar dataclass field, with the field's help text and default."""
+    for item in dataclasses.fields(cls):
+        if item.name in skip or dataclasses.is_dataclass(item.default_factory if item.default_factory
+                                                         is not dataclasses.MISSING else None):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
+        if item.type in (bool, "bool"):
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=item.default,
+                                help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(item.type), type(item.default))
+            parser.add_argument(flag, dest=item.name, type=kind, default=item.default, help=help_text)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    names = {item.name for item in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in vars(args).items() if key in names})
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from .cards import write_classifier_card
+    from .classifiers import TrainConfig, evaluate_classifier, train_classifier
+    from .data import imbalanced_subset, k_shot, load_image_dataset
+
+    config = dataclass_from_args(TrainConfig, args)
+    data = load_image_dataset(args.data)
+    train = data[args.train_split]
+    if args.k_shot:
+        train = k_shot(train, args.k_shot, seed=args.seed)
+    elif args.imbalanced:
+        train = imbalanced_subset(train, args.imbalanced, total=args.total, min_per_class=args.min_per_class,
+                                  seed=args.seed)
+    val = data[args.val_split] if args.val_split in data else None
+    classifier = train_classifier(config, train, val, log=lambda record: print(json.dumps(record), file=sys.stderr))
+    classifier.info["dataset"] = str(args.data)
+    output = Path(args.output)
+    classifier.save_pretrained(output, dtype=_dtype(args.save_dtype))
+    metrics = None
+    if args.test_split in data:
+        metrics = evaluate_classifier(classifier, data[args.test_split])
+        metrics.plot_confusion_matrix(f"{args.test_split} split").savefig(output / "confusion_matrix.png", dpi=110)
+        (output / "metrics.json").write_text(json.dumps({"split": args.test_split, **metrics.to_dict()}, indent=1))
+    repo_id = args.repo_id or f"{HUB_ORG}/{output.name}"
+    write_classifier_card(output, classifier=classifier, repo_id=repo_id, dataset=args.data, metrics=metrics,
+                          eval_split=args.test_split, title=args.title or repo_id, summary=args.summary)
+    print(json.dumps({"output": str(output), **({"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
+                                                  "n": metrics.n} if metrics else {})}))
+    return 0
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def cmd_eval_classifier(args: argparse.Namespace) -> int:
+    from .classifiers import evaluate_classifier, load_classifier
+    from .classifiers.train import resolve_device
+    from .data import load_image_dataset
+
+    classifier = load_classifier(args.model, device=resolve_device(args.device))
+    dataset = load_image_dataset(args.data, split=args.split)
+    result = evaluate_classifier(classifier, dataset, batch_size=args.batch_size, progress=not args.json)
+    if args.confusion_matrix:
+        result.plot_confusion_matrix(f"{args.split} split").savefig(args.confusion_matrix, dpi=110)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "data": str(args.data), "split": args.split, **result.to_dict()}))
+    else:
+        print(f"{args.model} on {args.data} [{args.split}]: accuracy {result.accuracy:.2%}, "
+              f"macro-F1 {result.macro_f1:.4f}, n={result.n}")
+        for name, recall in result.per_class_recall.items():
+            print(f"  recall {name:>24s}: {recall:.2%}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .classifiers import load_classifier
+    from .images import open_image
+
+    classifier = load_classifier(args.model)
+    images = [open_image(path) for path in args.images]
+    results = []
+    for path, prediction in zip(args.images, classifier.predict(images, top_k=args.top_k)):
+        results.append({"image": str(path), "labels": prediction.labels, "probabilities": prediction.probabilities})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            ranked = ", ".join(f"{label} {p:.1%}" for label, p in zip(result["labels"], result["probabilities"]))
+            print(f"{result['image']}: {ranked}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .classifiers import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="magic", description="MAGIC suite: train, evaluate and use the models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train-classifier", help="Train an image classifier on a Hub-shaped dataset.")
+    train.add_argument("--data", required=True, help="Dataset folder or Hub id (image + ClassLabel label).")
+    train.add_argument("--output", required=True, help="Folder to write model.safetensors, config.json, README.md.")
+    train.add_argument("--train-split", default="train")
+    train.add_argument("--val-split", default="validation", help="Used for model selection and calibration.")
+    train.add_argument("--test-split", default="test", help="Evaluated once at the end for the card.")
+    train.add_argument("--k-shot", type=int, default=0, help="Train on K images per class only.")
+    train.add_argument("--imbalanced", default="", help="Train on an imbalanced subset with this profile (matek19).")
+    train.add_argument("--total", type=int, default=500, help="Images in the imbalanced subset.")
+    train.add_argument("--min-per-class", type=int, default=5, help="Minimum images per class in the subset.")
+    train.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    train.add_argument("--repo-id", default="", help=f"Repo id named in the card (default {HUB_ORG}/OUTPUT_NAME).")
+    train.add_argument("--title", default="")
+    train.add_argument("--summary", default="")
+    add_dataclass_arguments(train, TrainConfig)
+    train.set_defaults(func=cmd_train_classifier)
+
+    evaluate = commands.add_parser("eval-classifier", help="Evaluate a classifier on a dataset split.")
+    evaluate.add_argument("--model", required=True, help="Folder, embedded id (magic-suite/NAME) or Hub id.")
+    evaluate.add_argument("--data", required=True, help="Dataset folder or Hub id.")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--confusion-matrix", default="", help="Write the confusion matrix to this PNG.")
+    evaluate.add_argument("--json", action="store_true", help="Print one JSON object.")
+    evaluate.set_defaults(func=cmd_eval_classifier)
+
+    predict = commands.add_parser("predict", help="Top-k classes for image files.")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("images", nargs="+", help="Image files.")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetFormatError, SubsetError
+    from .hub import ModelNotFoundError
+    from .images import ImageInputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelNotFoundError, DatasetFormatError, SubsetError, ImageInputError, FileNotFoundError,
+            ValueError) as error:
+        print(f"magic {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,80 @@
+"""Pieces every demo tab shares: the safety notice, safe image uploads, model-card links."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from magic.hub import HUB_ORG, resolve_model  # noqa: E402
+from magic.images import ImageInputError, open_image  # noqa: E402
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+NOTICE = (
+    "⚠️ **Research demo, not a medical device.** Its answers can be wrong and must not be used to diagnose, "
+    "treat or triage anyone. Uploaded images are processed in memory and deleted from the server's cache."
+)
+
+#: Largest upload the server accepts; larger requests are refused before they reach a model.
+MAX_FILE_SIZE = "25mb"
+#: How often (s) the server sweeps its upload cache, and the age (s) after which files are deleted.
+DELETE_CACHE = (600, 600)
+
+
+class UploadedImage(gr.Image):
+    """An image input that hands the handler the uploaded file's path without decoding it first.
+
+    gradio's own Image component opens the file before the handler runs, so a non-image or a damaged file fails
+    with an internal error; here the handler opens it with ``magic.images.open_image`` and answers clearly.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("sources", ["upload", "clipboard"])
+        super().__init__(type="filepath", **kwargs)
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return super().preprocess(payload)
+        return payload.path
+
+
+def read_image(path: str | None) -> Image.Image:
+    """Open an uploaded image, turning every problem into a gr.Error the caller can read."""
+    if path is None:
+        raise gr.Error("Upload an image first (PNG, JPEG, WebP, BMP or TIFF).")
+    try:
+        return open_image(path)
+    except ImageInputError as error:
+        raise gr.Error(str(error)) from error
+
+
+def model_card_markdown(model_id: str) -> str:
+    """A link to the model's Hub page and, when the weights are local, its card's text in an accordion body."""
+    repo_id = model_id if "/" in model_id else f"{HUB_ORG}/{model_id}"
+    link = f"Model: [{repo_id}](https://huggingface.co/{repo_id})"
+    try:
+        card = resolve_model(model_id) / "README.md"
+    except FileNotFoundError:
+        return link
+    if not card.is_file():
+        return link
+    text = card.read_text()
+    if text.startswith("---"):
+        text = text.split("---", 2)[2]  # drop the YAML metadata block
+    return f"{link}\n\n{text}"
+
+
+def notice() -> gr.Markdown:
+    return gr.Markdown(NOTICE, elem_classes=["magic-notice"])

@@ -1,0 +1,84 @@
+"""The composed app served on loopback and called over HTTP with gradio_client, as a script user would."""
+
+import io
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.conftest import free_port
+
+WBC_CLASSES = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from app import create_app
+
+    app = create_app().queue(default_concurrency_limit=2)
+    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                           show_error=True, max_file_size="25mb")
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        app.close()
+
+
+def _cell_image(path, seed=0):
+    from scripts.make_wbc_examples import _cell
+
+    _cell("lymphocyte", seed).save(path)
+    return path
+
+
+def _assert_probabilities(answer, k):
+    confidences = {item["label"]: item["confidence"] for item in answer["confidences"]}
+    assert len(confidences) == k and set(confidences) <= WBC_CLASSES
+    assert answer["label"] in WBC_CLASSES and 0 < sum(confidences.values()) <= 1 + 1e-6
+    return confidences
+
+
+def test_classify_wbc_over_http_returns_top_k(client, tmp_path):
+    answer = client.predict(handle_file(str(_cell_image(tmp_path / "cell.png"))), 3, api_name="/classify_wbc")
+    confidences = _assert_probabilities(answer, 3)
+    assert list(confidences.values()) == sorted(confidences.values(), reverse=True)
+
+
+def test_api_lists_the_documented_endpoint(client):
+    assert "/classify_wbc" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("notes.txt", b"this is a text file, not a picture", "not an image"),
+        ("broken.png", None, "damaged or truncated"),
+        ("huge.png", "huge", "megapixels"),
+    ],
+)
+def test_bad_uploads_get_a_clear_error_and_the_server_keeps_serving(client, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(buffer, "PNG")
+        path.write_bytes(buffer.getvalue()[:4000])
+    elif content == "huge":
+        Image.new("L", (9000, 9000)).save(path)  # 81 megapixels, a few hundred kB on disk
+    else:
+        path.write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(path)), 3, api_name="/classify_wbc")
+    answer = client.predict(handle_file(str(_cell_image(tmp_path / "ok.png"))), 2, api_name="/classify_wbc")
+    _assert_probabilities(answer, 2)
+
+
+def test_out_of_range_top_k_is_refused(client, tmp_path):
+    with pytest.raises(AppError, match="top_k must be between 1 and 8"):
+        client.predict(handle_file(str(_cell_image(tmp_path / "cell.png"))), 50, api_name="/classify_wbc")
+
+
+def test_missing_image_is_refused(client):
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, 3, api_name="/classify_wbc")

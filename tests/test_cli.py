@@ -1,0 +1,73 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_CLASSES, draw_shape
+
+ROOT = Path(__file__).resolve().parent.parent
+PBC = ROOT.parent / "shared" / "data" / "pbc"
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "magic", *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+
+
+def test_eval_classifier_prints_one_json_object(tiny_classifier_dir, tiny_dataset):
+    result = run_cli("eval-classifier", "--model", str(tiny_classifier_dir), "--data", str(tiny_dataset),
+                     "--split", "test", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 18 and 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
+    assert set(report["per_class_recall"]) == set(TINY_CLASSES)
+
+
+def test_train_classifier_writes_a_hub_shaped_folder_with_card(tiny_dataset, tmp_path):
+    out = tmp_path / "trained"
+    result = run_cli("train-classifier", "--data", str(tiny_dataset), "--output", str(out), "--architecture",
+                     "test_efficientnet", "--no-pretrained", "--image-size", "32", "--max-steps", "4",
+                     "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--k-shot", "6")
+    assert result.returncode == 0, result.stderr
+    assert {"config.json", "model.safetensors", "README.md", "metrics.json", "confusion_matrix.png"} <= {
+        path.name for path in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "license:" in card and "not a medical device" in card and "| accuracy |" in card
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 18
+    config = json.loads((out / "config.json").read_text())
+    assert config["magic"]["train_images"] == 18  # 6-shot x 3 classes
+
+
+def test_predict_ranks_classes_for_image_files(tiny_classifier_dir, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "disc.png"
+    draw_shape("disc", np.random.default_rng(0)).save(path)
+    result = run_cli("predict", "--model", str(tiny_classifier_dir), str(path), "--top-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    [answer] = json.loads(result.stdout)
+    assert len(answer["labels"]) == 2 and answer["labels"][0] in TINY_CLASSES
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = run_cli("predict", "--model", "magic-suite/wbc-classifier", str(bad))
+    assert result.returncode == 2 and "not an image" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("eval-classifier", "--model", "nobody/missing", "--data", str(tmp_path))
+    assert result.returncode == 2 and "Could not get model" in result.stderr
+
+
+@pytest.mark.skipif(not PBC.is_dir(), reason="needs ../shared/data/pbc (present in CI)")
+def test_embedded_wbc_classifier_meets_its_accuracy_on_the_pbc_test_split():
+    result = run_cli("eval-classifier", "--model", "magic-suite/wbc-classifier", "--data", str(PBC), "--split",
+                     "test", "--json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 3009
+    assert report["accuracy"] >= 0.97
