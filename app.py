@@ -25,13 +25,12 @@ UPCOMING_TABS = {
 def create_app() -> gr.Blocks:
     """One gr.Blocks with a tab per demo; each tab is its module's create_demo()."""
     with gr.Blocks(title="MAGIC suite", delete_cache=DELETE_CACHE) as app:
-        gr.Markdown("# MAGIC suite\nMedically accurate synthetic images and the diagnostic models they improve. "
-                    f"\n\n{NOTICE}")
+        gr.Markdown("# MAGIC suite\nMedically accurate synthetic images and the diagnostic models they improve.")
         with gr.Tab("White blood cells"):
-            wbc.create_demo().render()
+            wbc.create_demo()  # a Blocks created inside another renders in place
         for title, description in UPCOMING_TABS.items():
             with gr.Tab(title):
-                gr.Markdown(f"### {title}\n{description}\n\n*Not available in this version yet.*")
+                gr.Markdown(f"### {title}\n{description}\n\n*Not available in this version yet.*\n\n{NOTICE}")
     return app
 
 

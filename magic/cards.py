@@ -65,7 +65,8 @@ def classifier_card(
     )
     train_config = classifier.info.get("train_config", {})
     train_summary = ", ".join(f"{key}={train_config[key]}" for key in
-                              ("epochs", "batch_size", "lr", "balance", "image_size") if key in train_config)
+                              ("epochs", "max_steps", "batch_size", "lr", "balance", "image_size")
+                              if train_config.get(key) not in (None, 0))
     size = classifier.preprocess.input_size[-1]
     return ModelCard.from_template(
         card_data,
@@ -79,6 +80,7 @@ def classifier_card(
         label_list=", ".join(classifier.label_names),
         pretrained_start=classifier.info.get("pretrained") or "random initialisation",
         temperature=f"{classifier.temperature:.3f}",
+        ood_threshold=f"{float(classifier.ood.threshold):.2f}" if classifier.ood is not None else "",
         dataset_description=info["description"],
         dataset_license=info["license"],
         license_note="Non-commercial use only, as the training images' licence requires." if "NC" in info["license"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,7 +37,6 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from .cards import write_classifier_card
     from .classifiers import TrainConfig, evaluate_classifier, train_classifier
     from .data import imbalanced_subset, k_shot, load_image_dataset
 
@@ -50,20 +50,36 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
                                   seed=args.seed)
     val = data[args.val_split] if args.val_split in data else None
     classifier = train_classifier(config, train, val, log=lambda record: print(json.dumps(record), file=sys.stderr))
-    classifier.info["dataset"] = str(args.data)
     output = Path(args.output)
+    classifier.info["dataset"] = str(args.data)
+    classifier.info["card"] = {"repo_id": args.repo_id or f"{HUB_ORG}/{output.name}", "title": args.title,
+                               "summary": args.summary}
     classifier.save_pretrained(output, dtype=_dtype(args.save_dtype))
     metrics = None
     if args.test_split in data:
         metrics = evaluate_classifier(classifier, data[args.test_split])
         metrics.plot_confusion_matrix(f"{args.test_split} split").savefig(output / "confusion_matrix.png", dpi=110)
         (output / "metrics.json").write_text(json.dumps({"split": args.test_split, **metrics.to_dict()}, indent=1))
-    repo_id = args.repo_id or f"{HUB_ORG}/{output.name}"
-    write_classifier_card(output, classifier=classifier, repo_id=repo_id, dataset=args.data, metrics=metrics,
-                          eval_split=args.test_split, title=args.title or repo_id, summary=args.summary)
+    _write_card(output, classifier)
     print(json.dumps({"output": str(output), **({"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
                                                   "n": metrics.n} if metrics else {})}))
     return 0
+
+
+def _write_card(folder: Path, classifier) -> None:
+    """(Re)render README.md from the classifier's card facts and the folder's metrics.json, if any."""
+    from .cards import write_classifier_card
+    from .classifiers import EvaluationResult
+
+    card = {"repo_id": f"{HUB_ORG}/{folder.name}", "title": "", "summary": "", **classifier.info.get("card", {})}
+    metrics, split = None, "test"
+    if (folder / "metrics.json").is_file():
+        values = json.loads((folder / "metrics.json").read_text())
+        split = values.pop("split", split)
+        metrics = EvaluationResult(**values)
+    write_classifier_card(folder, classifier=classifier, repo_id=card["repo_id"],
+                          dataset=classifier.info.get("dataset", "unknown"), metrics=metrics, eval_split=split,
+                          title=card["title"] or card["repo_id"], summary=card["summary"])
 
 
 def _dtype(name: str):
@@ -89,6 +105,49 @@ def cmd_eval_classifier(args: argparse.Namespace) -> int:
               f"macro-F1 {result.macro_f1:.4f}, n={result.n}")
         for name, recall in result.per_class_recall.items():
             print(f"  recall {name:>24s}: {recall:.2%}")
+    return 0
+
+
+def cmd_calibrate_classifier(args: argparse.Namespace) -> int:
+    from .classifiers import load_classifier
+    from .classifiers.train import calibrate_classifier
+    from .data import load_image_dataset
+
+    classifier = load_classifier(args.model)
+    data = load_image_dataset(args.data)
+    calibrate_classifier(classifier, data[args.train_split] if args.ood else None, data[args.val_split],
+                         ood_quantile=args.ood_quantile)
+    output = Path(args.output or args.model)
+    if args.title or args.summary:
+        classifier.info["card"] = {**classifier.info.get("card", {}), "title": args.title, "summary": args.summary}
+    classifier.save_pretrained(output, dtype=_dtype(args.save_dtype))
+    if Path(args.model).is_dir() and output != Path(args.model):
+        for name in ("metrics.json", "confusion_matrix.png"):
+            if (Path(args.model) / name).is_file():
+                shutil.copy(Path(args.model) / name, output / name)
+    _write_card(output, classifier)
+    print(json.dumps({"output": str(output), "temperature": classifier.temperature,
+                      "ood_threshold": float(classifier.ood.threshold) if classifier.ood is not None else None}))
+    return 0
+
+
+def cmd_write_card(args: argparse.Namespace) -> int:
+    from .classifiers import load_classifier
+
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json).")
+    classifier = load_classifier(folder)
+    card = classifier.info.get("card", {})
+    for key in ("repo_id", "title", "summary"):
+        if getattr(args, key):
+            card[key] = getattr(args, key)
+    classifier.info["card"] = card
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("magic", {})["card"] = card
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    _write_card(folder, classifier)
+    print(folder / "README.md")
     return 0
 
 
@@ -145,6 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--confusion-matrix", default="", help="Write the confusion matrix to this PNG.")
     evaluate.add_argument("--json", action="store_true", help="Print one JSON object.")
     evaluate.set_defaults(func=cmd_eval_classifier)
+
+    calibrate = commands.add_parser("calibrate-classifier",
+                                    help="Refit temperature (and the out-of-distribution detector) of a saved model.")
+    calibrate.add_argument("--model", required=True, help="A model folder (rewritten unless --output is given).")
+    calibrate.add_argument("--data", required=True, help="The dataset the model was trained on.")
+    calibrate.add_argument("--train-split", default="train")
+    calibrate.add_argument("--val-split", default="validation")
+    calibrate.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True,
+                           help="Also fit the out-of-distribution detector.")
+    calibrate.add_argument("--ood-quantile", type=float, default=0.99,
+                           help="Share of validation images the detector must accept.")
+    calibrate.add_argument("--output", default="")
+    calibrate.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    calibrate.add_argument("--title", default="", help="Replace the card's title.")
+    calibrate.add_argument("--summary", default="", help="Replace the card's summary.")
+    calibrate.set_defaults(func=cmd_calibrate_classifier)
+
+    card = commands.add_parser("write-card", help="Re-render a model folder's README.md card from its config.json "
+                                                  "and metrics.json.")
+    card.add_argument("--model", required=True, help="A model folder.")
+    card.add_argument("--repo-id", default="")
+    card.add_argument("--title", default="")
+    card.add_argument("--summary", default="")
+    card.set_defaults(func=cmd_write_card)
 
     predict = commands.add_parser("predict", help="Top-k classes for image files.")
     predict.add_argument("--model", required=True)

@@ -35,12 +35,14 @@ class UploadedImage(gr.Image):
     with an internal error; here the handler opens it with ``magic.images.open_image`` and answers clearly.
     """
 
+    is_template = True  # the browser renders it with gradio's own Image component
+
     def __init__(self, **kwargs):
         kwargs.setdefault("sources", ["upload", "clipboard"])
         super().__init__(type="filepath", **kwargs)
 
-    def get_block_name(self) -> str:
-        return "image"
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Image)  # serialise every Image setting, not just this __init__'s
 
     def preprocess(self, payload):
         if payload is None:
@@ -60,20 +62,22 @@ def read_image(path: str | None) -> Image.Image:
         raise gr.Error(str(error)) from error
 
 
-def model_card_markdown(model_id: str) -> str:
-    """A link to the model's Hub page and, when the weights are local, its card's text in an accordion body."""
+def model_card_link(model_id: str) -> str:
+    """Markdown link to the model's Hub page."""
     repo_id = model_id if "/" in model_id else f"{HUB_ORG}/{model_id}"
-    link = f"Model: [{repo_id}](https://huggingface.co/{repo_id})"
+    return f"Model: [{repo_id}](https://huggingface.co/{repo_id})"
+
+
+def model_card_text(model_id: str) -> str:
+    """The model card's body (without its YAML metadata) when the weights are local, else a pointer to the Hub."""
     try:
         card = resolve_model(model_id) / "README.md"
     except FileNotFoundError:
-        return link
-    if not card.is_file():
-        return link
+        card = None
+    if card is None or not card.is_file():
+        return f"No local card for {model_id}; see its Hub page."
     text = card.read_text()
-    if text.startswith("---"):
-        text = text.split("---", 2)[2]  # drop the YAML metadata block
-    return f"{link}\n\n{text}"
+    return text.split("---", 2)[2] if text.startswith("---") else text
 
 
 def notice() -> gr.Markdown:

@@ -27,13 +27,17 @@ def client():
 
 
 def _cell_image(path, seed=0):
-    from scripts.make_wbc_examples import _cell
+    from scripts.make_examples import _cell
 
     _cell("lymphocyte", seed).save(path)
     return path
 
 
-def _assert_probabilities(answer, k):
+def _assert_probabilities(outputs, k):
+    answer, saliency, checklist, details = outputs
+    assert Image.open(saliency).size == (128, 128)  # the overlay is at the uploaded image's size
+    assert "Expert checklist" in checklist and len(details["checklist"]) == 5
+    assert details["status"] in ("ok", "unsure", "out_of_distribution")
     confidences = {item["label"]: item["confidence"] for item in answer["confidences"]}
     assert len(confidences) == k and set(confidences) <= WBC_CLASSES
     assert answer["label"] in WBC_CLASSES and 0 < sum(confidences.values()) <= 1 + 1e-6
@@ -75,7 +79,7 @@ def test_bad_uploads_get_a_clear_error_and_the_server_keeps_serving(client, tmp_
 
 
 def test_out_of_range_top_k_is_refused(client, tmp_path):
-    with pytest.raises(AppError, match="top_k must be between 1 and 8"):
+    with pytest.raises(AppError, match="greater than maximum value 8"):
         client.predict(handle_file(str(_cell_image(tmp_path / "cell.png"))), 50, api_name="/classify_wbc")
 
 

@@ -96,7 +96,7 @@ def test_temperature_does_not_increase_validation_nll(tiny_classifier_dir, tiny_
     assert nll(logits, labels, classifier.temperature) <= nll(logits, labels, 1.0) + 1e-6
 
 
-@pytest.mark.parametrize("balance", ["sampler", "loss"])
+@pytest.mark.parametrize("balance", ["sampler", "sqrt-sampler", "loss"])
 def test_class_balancing_options_train(tiny_dataset, balance):
     data = load_image_dataset(tiny_dataset)
     config = TrainConfig(architecture="test_efficientnet", pretrained=False, image_size=32, max_steps=3,

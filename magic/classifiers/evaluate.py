@@ -56,19 +56,31 @@ class EvaluationResult:
 
 
 @torch.inference_mode()
+def collect_outputs(
+    classifier: ImageClassifier, dataset: datasets.Dataset, batch_size: int = 128, num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (N, C), pooled features (N, D) and labels (N,) of a whole split, in dataset order."""
+    classifier.eval()
+    loader = torch.utils.data.DataLoader(TorchImageDataset(dataset, classifier._transform), batch_size=batch_size,
+                                         num_workers=num_workers)
+    all_logits, all_features, all_labels = [], [], []
+    for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        feature_map = classifier.model.forward_features(pixels.to(classifier.device))
+        features = classifier.model.forward_head(feature_map, pre_logits=True)
+        all_logits.append(classifier.model.get_classifier()(features).float().cpu())
+        all_features.append(features.float().cpu())
+        all_labels.append(labels)
+    return torch.cat(all_logits), torch.cat(all_features), torch.cat(all_labels)
+
+
 def collect_logits(
     classifier: ImageClassifier, dataset: datasets.Dataset, batch_size: int = 128, num_workers: int = 0,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and labels (N,) of a whole split, in dataset order."""
-    classifier.eval()
-    loader = torch.utils.data.DataLoader(TorchImageDataset(dataset, classifier._transform), batch_size=batch_size,
-                                         num_workers=num_workers)
-    all_logits, all_labels = [], []
-    for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        all_logits.append(classifier(pixels.to(classifier.device)).float().cpu())
-        all_labels.append(labels)
-    return torch.cat(all_logits), torch.cat(all_labels)
+    logits, _, labels = collect_outputs(classifier, dataset, batch_size, num_workers, progress)
+    return logits, labels
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, label_names: list[str],

@@ -9,7 +9,7 @@ import torch
 
 from ..data.transforms import PreprocessConfig
 from .model import ImageClassifier
-from .pretrained import has_packaged_weights, load_packaged_weights
+from .pretrained import PACKAGE_SOURCES, has_packaged_weights, load_packaged_weights
 
 DEFAULT_ARCHITECTURE = "tf_efficientnet_lite0"
 
@@ -50,8 +50,9 @@ def create_classifier(
         interpolation=defaults.get("interpolation", "bicubic"),
         crop_pct=1.0,
     )
-    return ImageClassifier(model, architecture, label_names, preprocess,
-                           info={"pretrained": f"{architecture} ImageNet" if pretrained else None})
+    start = f"ImageNet-1k {architecture} weights ({PACKAGE_SOURCES.get(architecture, 'packaged')})"
+    info = {"pretrained": start if pretrained else None}
+    return ImageClassifier(model, architecture, label_names, preprocess, info=info)
 
 
 def load_classifier(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> ImageClassifier:

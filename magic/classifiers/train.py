@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 from ..data.datasets import TorchImageDataset, class_names, labels_of
 from ..data.transforms import AugmentConfig, train_transform
 from .calibration import fit_temperature
-from .evaluate import collect_logits, metrics_from_logits
+from .evaluate import collect_logits, collect_outputs, metrics_from_logits
 from .factory import DEFAULT_ARCHITECTURE, create_classifier
 from .model import ImageClassifier
+from .ood import fit_feature_distance
 
-BALANCE_CHOICES = ("none", "sampler", "loss")
+BALANCE_CHOICES = ("none", "sampler", "sqrt-sampler", "loss")
 
 
 @dataclass
@@ -41,12 +42,16 @@ class TrainConfig:
     label_smoothing: float = field(default=0.1, metadata={"help": "Cross-entropy label smoothing."})
     drop_rate: float = field(default=0.2, metadata={"help": "Dropout before the classifier head."})
     balance: str = field(default="none", metadata={
-        "help": "Class balancing: none, sampler (class-balanced sampling) or loss (inverse-frequency weights)."})
+        "help": "Class balancing: none, sampler (class-balanced sampling), sqrt-sampler (sampling weight "
+                "1/sqrt(class count): a milder rebalancing that keeps the majority class's accuracy) or loss "
+                "(inverse-frequency loss weights)."})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "Training augmentation."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     mixed_precision: bool = field(default=True, metadata={"help": "bfloat16 autocast on GPU (ignored on CPU)."})
     seed: int = field(default=0, metadata={"help": "Seed for weights, sampling and augmentation."})
+    fit_ood: bool = field(default=True, metadata={
+        "help": "Fit the out-of-distribution detector on training features (needs a validation split)."})
     eval_every: int = field(default=1, metadata={
         "help": "Validate every N epochs; the best-validation weights are kept."})
 
@@ -93,8 +98,8 @@ def train_classifier(
     counts = _class_counts(labels, len(names))
     data = TorchImageDataset(train_dataset, train_transform(classifier.preprocess, config.augment))
     generator = torch.Generator().manual_seed(config.seed)
-    if config.balance == "sampler":
-        weights = 1.0 / np.maximum(counts, 1)
+    if config.balance in ("sampler", "sqrt-sampler"):
+        weights = np.maximum(counts, 1) ** (-1.0 if config.balance == "sampler" else -0.5)
         sampler = torch.utils.data.WeightedRandomSampler(weights[np.asarray(labels)].tolist(), len(labels),
                                                          replacement=True, generator=generator)
         loader_kwargs = {"sampler": sampler}
@@ -157,7 +162,19 @@ def train_classifier(
     if best_state is not None:
         classifier.load_state_dict(best_state)
     if val_dataset is not None:
-        logits, val_labels = collect_logits(classifier, val_dataset, progress=False)
-        classifier.temperature = fit_temperature(logits, val_labels)
+        calibrate_classifier(classifier, train_dataset if config.fit_ood else None, val_dataset)
     classifier.info.update({"train_config": config.to_dict(), "history": history, "train_images": len(data)})
     return classifier.eval()
+
+
+def calibrate_classifier(classifier: ImageClassifier, train_dataset: datasets.Dataset | None,
+                         val_dataset: datasets.Dataset, ood_quantile: float = 0.99) -> ImageClassifier:
+    """Fit the softmax temperature on ``val_dataset`` and, given ``train_dataset``, the out-of-distribution
+    detector (training-feature Gaussians, threshold at ``ood_quantile`` of validation distances)."""
+    logits, val_features, val_labels = collect_outputs(classifier, val_dataset, progress=False)
+    classifier.temperature = fit_temperature(logits, val_labels)
+    if train_dataset is not None:
+        _, train_features, train_labels = collect_outputs(classifier, train_dataset, progress=False)
+        classifier.ood = fit_feature_distance(train_features, train_labels, val_features,
+                                              num_classes=len(classifier.label_names), quantile=ood_quantile)
+    return classifier
