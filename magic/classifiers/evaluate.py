@@ -66,9 +66,8 @@ def collect_outputs(
                                          num_workers=num_workers)
     all_logits, all_features, all_labels = [], [], []
     for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        feature_map = classifier.model.forward_features(pixels.to(classifier.device))
-        features = classifier.model.forward_head(feature_map, pre_logits=True)
-        all_logits.append(classifier.model.get_classifier()(features).float().cpu())
+        logits, features = classifier.logits_and_features(pixels.to(classifier.device))
+        all_logits.append(logits.float().cpu())
         all_features.append(features.float().cpu())
         all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_features), torch.cat(all_labels)

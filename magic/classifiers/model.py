@@ -82,9 +82,10 @@ class ImageClassifier(nn.Module):
         """(B, 3, H, W) normalised pixels -> (B, num_classes) logits (not temperature-scaled)."""
         return self.model(pixel_values)
 
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels -> (B, D) pooled penultimate features."""
-        return self.model.forward_head(self.model.forward_features(pixel_values), pre_logits=True)
+    def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) normalised pixels -> (B, num_classes) logits and (B, D) pooled penultimate features."""
+        features = self.model.forward_head(self.model.forward_features(pixel_values), pre_logits=True)
+        return self.model.get_classifier()(features), features
 
     @property
     def device(self) -> torch.device:
@@ -104,16 +105,16 @@ class ImageClassifier(nn.Module):
             out.append(torch.softmax(logits / self.temperature, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), dtype=np.float32)
 
+    def _top_k(self, probabilities: np.ndarray, top_k: int) -> Prediction:
+        """One row of class probabilities -> its top-k (k clipped to 1..num_classes)."""
+        order = np.argsort(-probabilities)[: max(1, min(int(top_k), len(self.label_names)))]
+        return Prediction([self.label_names[i] for i in order], [float(probabilities[i]) for i in order])
+
     def predict(self, images: list[Image.Image] | Image.Image, top_k: int = 3) -> list[Prediction]:
         """Top-k labels with calibrated probabilities for each image."""
         if isinstance(images, Image.Image):
             images = [images]
-        top_k = max(1, min(int(top_k), len(self.label_names)))
-        predictions = []
-        for row in self.predict_proba(images):
-            order = np.argsort(-row)[:top_k]
-            predictions.append(Prediction([self.label_names[i] for i in order], [float(row[i]) for i in order]))
-        return predictions
+        return [self._top_k(row, top_k) for row in self.predict_proba(images)]
 
     @torch.inference_mode()
     def assess(self, images: list[Image.Image] | Image.Image, top_k: int = 3,
@@ -126,17 +127,12 @@ class ImageClassifier(nn.Module):
         if isinstance(images, Image.Image):
             images = [images]
         self.eval()
-        pixels = self.preprocess_images(images)
-        feature_map = self.model.forward_features(pixels)
-        features = self.model.forward_head(feature_map, pre_logits=True)
-        logits = self.model.forward_head(feature_map).float()
-        probabilities = torch.softmax(logits / self.temperature, dim=-1).cpu().numpy()
+        logits, features = self.logits_and_features(self.preprocess_images(images))
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
         distances = self.ood.distance(features.cpu()).tolist() if self.ood is not None else [None] * len(images)
-        top_k = max(1, min(int(top_k), len(self.label_names)))
         results = []
         for row, distance in zip(probabilities, distances):
-            order = np.argsort(-row)[:top_k]
-            prediction = Prediction([self.label_names[i] for i in order], [float(row[i]) for i in order])
+            prediction = self._top_k(row, top_k)
             if distance is not None and distance > float(self.ood.threshold):
                 status = "out_of_distribution"
                 reason = ("This image does not look like the images the model was trained on "
