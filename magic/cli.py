@@ -151,6 +151,16 @@ def cmd_write_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import detect_repo_type, publish
+
+    commit_url = publish(args.artifact_dir, args.repo_id, private=args.private, repo_type=args.repo_type,
+                         revision=args.revision, commit_message=args.message)
+    print(json.dumps({"repo_id": args.repo_id, "repo_type": args.repo_type or detect_repo_type(args.artifact_dir),
+                      "commit_url": commit_url}))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .classifiers import load_classifier
     from .images import open_image
@@ -229,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--summary", default="")
     card.set_defaults(func=cmd_write_card)
 
+    publish = commands.add_parser("publish", help="Upload a model or dataset folder to the Hugging Face Hub "
+                                                  "(HF_TOKEN, HF_ENDPOINT honoured; safetensors only).")
+    publish.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="Model folder (config.json, *.safetensors, "
+                                                                      "README.md) or dataset folder (data/*.parquet).")
+    publish.add_argument("--repo-id", required=True, help="Target repo, ORG/NAME (created if missing).")
+    publish.add_argument("--private", action="store_true", help="Create the repo as private.")
+    publish.add_argument("--repo-type", choices=["model", "dataset", "space"], default=None,
+                         help="Default: space when the card names an sdk, dataset when the folder has "
+                              "data/*.parquet or a dataset card, else model.")
+    publish.add_argument("--revision", default=None, help="Branch to commit to (created if missing; default main).")
+    publish.add_argument("--message", default=None, help="Commit message.")
+    publish.set_defaults(func=cmd_publish)
+
     predict = commands.add_parser("predict", help="Top-k classes for image files.")
     predict.add_argument("--model", required=True)
     predict.add_argument("images", nargs="+", help="Image files.")
@@ -239,14 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .data import DatasetFormatError, SubsetError
     from .hub import ModelNotFoundError
     from .images import ImageInputError
+    from .publish import PublishError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ModelNotFoundError, DatasetFormatError, SubsetError, ImageInputError, FileNotFoundError,
+    except HfHubHTTPError as error:
+        print(f"magic {args.command}: error: the Hub refused the request ({error}). Check HF_TOKEN and the repo id.",
+              file=sys.stderr)
+        return 2
+    except (ModelNotFoundError, DatasetFormatError, SubsetError, ImageInputError, PublishError, FileNotFoundError,
             ValueError) as error:
         print(f"magic {args.command}: error: {error}", file=sys.stderr)
         return 2
