@@ -26,7 +26,7 @@ def embedded_models() -> dict[str, Path]:
     return {
         f"{HUB_ORG}/{path.name}": path
         for path in sorted(WEIGHTS_DIR.iterdir())
-        if path.is_dir() and (path / "config.json").is_file()
+        if path.is_dir() and any((path / name).is_file() for name in ("config.json", "model_index.json"))
     }
 
 

@@ -1,0 +1,72 @@
+"""Adapters on a pipeline, saved and loaded with diffusers' standard functions: LoRA and textual inversion."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def add_lora(pipeline: StableDiffusionPipeline, rank: int = 16, alpha: float | None = None,
+             targets: tuple[str, ...] = LORA_TARGETS) -> None:
+    """Attach a trainable LoRA (CytoDiff: rank 16) to the UNet's attention projections; the rest stays frozen."""
+    pipeline.unet.requires_grad_(False)
+    pipeline.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                                         target_modules=list(targets)))
+
+
+def save_lora(pipeline: StableDiffusionPipeline, folder: str | os.PathLike) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` (diffusers format) into ``folder``."""
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers,
+                                              safe_serialization=True)
+    return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def load_lora(pipeline: StableDiffusionPipeline, folder: str | os.PathLike, adapter_name: str = "default") -> None:
+    """Load a LoRA saved by ``save_lora`` (or any diffusers-format SD LoRA) into the pipeline."""
+    pipeline.load_lora_weights(str(folder), adapter_name=adapter_name)
+
+
+def add_token(pipeline: StableDiffusionPipeline, token: str, initializer: str) -> int:
+    """Add a new token (MAGIC stage 1: one per condition) initialised from an existing word; returns its id."""
+    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+    if tokenizer.add_tokens([token]) != 1:
+        raise ValueError(f"{token!r} is already in the tokenizer; pick a new placeholder such as <{token}-1>.")
+    encoder.resize_token_embeddings(len(tokenizer))
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
+    if not init_ids:
+        raise ValueError(f"The initializer {initializer!r} has no tokens.")
+    with torch.no_grad():
+        embeddings = encoder.get_input_embeddings().weight
+        embeddings[token_id] = embeddings[init_ids].mean(dim=0)
+    return token_id
+
+
+def save_learned_embeds(pipeline: StableDiffusionPipeline, tokens: list[str], path: str | os.PathLike) -> Path:
+    """Save the embeddings of ``tokens`` as ``{token: vector}`` safetensors, the format diffusers'
+    ``load_textual_inversion`` reads."""
+    weight = pipeline.text_encoder.get_input_embeddings().weight
+    embeds = {token: weight[pipeline.tokenizer.convert_tokens_to_ids(token)].detach().cpu().clone()
+              for token in tokens}
+    save_file(embeds, str(path))
+    return Path(path)
+
+
+def load_learned_embeds(pipeline: StableDiffusionPipeline, path: str | os.PathLike) -> list[str]:
+    """Load every token of a ``save_learned_embeds`` file with diffusers' ``load_textual_inversion``."""
+    from safetensors.torch import load_file
+
+    tokens = list(load_file(str(path)))
+    for token in tokens:
+        pipeline.load_textual_inversion(str(path), token=token)
+    return tokens

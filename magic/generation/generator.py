@@ -1,0 +1,116 @@
+"""One generator API for both sizes: the embedded small pipeline or SD 2.1-base by Hub id."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from ..hub import resolve_model
+
+
+class GenerationError(RuntimeError):
+    """Generation produced unusable images (NaN or all-black) even after the float32 retry."""
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings shared by text-to-image and image-to-image."""
+
+    steps: int = field(default=50, metadata={"help": "Denoising steps (DDIM)."})
+    guidance: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
+    strength: float = field(default=0.3, metadata={"help": "Image-to-image: how far from the source (0-1)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the first image; image i uses seed + i."})
+
+    def __post_init__(self):
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}.")
+        if not 0.0 <= self.guidance <= 30.0:
+            raise ValueError(f"guidance must be between 0 and 30, got {self.guidance}.")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}.")
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """CUDA with float16 when present, else CPU with float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+def _is_unusable(image: Image.Image) -> bool:
+    array = np.asarray(image, dtype=np.float32)
+    return not np.isfinite(array).all() or float(array.max()) <= 2.0
+
+
+class Generator:
+    """Text-to-image and image-to-image with one loaded diffusers pipeline; deterministic for a seed."""
+
+    def __init__(self, pipeline: StableDiffusionPipeline, model_id: str = "", revision: str | None = None):
+        self.pipeline = pipeline
+        self.model_id = model_id
+        self.revision = revision
+        self.pipeline.set_progress_bar_config(disable=True)
+        self._img2img = StableDiffusionImg2ImgPipeline(**pipeline.components)
+        self._img2img.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, revision: str | None = None) -> Generator:
+        """Load a pipeline folder, an embedded id (``magic-suite/NAME``) or a Hub id (e.g. SD 2.1-base)."""
+        auto_device, auto_dtype = default_device_and_dtype()
+        device = torch.device(device) if device is not None else auto_device
+        dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
+        folder = resolve_model(name_or_path, revision=revision)
+        pipeline = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True,
+                                                           safety_checker=None, requires_safety_checker=False)
+        return cls(pipeline.to(device), model_id=str(name_or_path), revision=revision)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.unet.device
+
+    def _generators(self, seed: int, count: int) -> list[torch.Generator]:
+        return [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(count)]
+
+    def _run(self, pipeline, settings: GenerationSettings, **kwargs) -> list[Image.Image]:
+        count = len(kwargs["prompt"])
+        images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                          generator=self._generators(settings.seed, count), **kwargs).images
+        if any(_is_unusable(image) for image in images) and self.pipeline.unet.dtype != torch.float32:
+            # half precision can overflow to NaN; one retry in float32 on the same seeds
+            self.pipeline.to(torch.float32)
+            try:
+                images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                                  generator=self._generators(settings.seed, count), **kwargs).images
+            finally:
+                self.pipeline.to(torch.float16)
+        bad = [i for i, image in enumerate(images) if _is_unusable(image)]
+        if bad:
+            raise GenerationError(f"Images {bad} came out NaN or black; lower guidance or use float32.")
+        return images
+
+    def text_to_image(self, prompts: list[str] | str, settings: GenerationSettings | None = None,
+                      num_images: int = 1) -> list[Image.Image]:
+        """``num_images`` images per prompt, in prompt order."""
+        settings = settings or GenerationSettings()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        expanded = [prompt for prompt in prompts for _ in range(num_images)]
+        return self._run(self.pipeline, settings, prompt=expanded, output_type="pil")
+
+    def image_to_image(self, images: list[Image.Image] | Image.Image, prompts: list[str] | str,
+                       settings: GenerationSettings | None = None) -> list[Image.Image]:
+        """Translate each source image toward its prompt (one prompt, or one per image)."""
+        settings = settings or GenerationSettings()
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            raise ValueError(f"Got {len(prompts)} prompts for {len(images)} images.")
+        size = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        sources = [image.convert("RGB").resize((size, size), Image.BICUBIC) for image in images]
+        return self._run(self._img2img, settings, prompt=prompts, image=sources, strength=settings.strength,
+                         output_type="pil")
