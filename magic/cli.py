@@ -161,6 +161,37 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_dataset(args: argparse.Namespace) -> int:
+    from .data import class_names, load_image_dataset
+    from .generation import GenerationSettings, Generator
+    from .generation.adapters import load_lora
+    from .generation.dataset import count_plan, generate_dataset, magic_plan, write_dataset_card
+
+    generator = Generator.from_pretrained(args.model, device=args.device if args.device != "auto" else None)
+    if args.lora:
+        load_lora(generator.pipeline, args.lora)
+    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, strength=args.strength, seed=args.seed)
+    source = None
+    if args.mode == "magic":
+        if not args.source_data:
+            raise ValueError("--mode magic translates real images: give --source-data DATASET.")
+        source = load_image_dataset(args.source_data, split=args.source_split)
+        names = class_names(source)
+        jobs = magic_plan(source, args.prompt_template, seed=args.seed)
+    else:
+        names = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else \
+            (class_names(load_image_dataset(args.source_data, split=args.source_split)) if args.source_data else [])
+        if not names:
+            raise ValueError("Name the classes with --classes a,b,c or --source-data DATASET.")
+        jobs = count_plan(names, args.per_class, args.prompt_template, seed=args.seed)
+    written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
+                               shard_size=args.shard_size, lora=args.lora, limit=args.limit or None)
+    write_dataset_card(args.output, names, str(args.model), settings, license=args.license,
+                       source_dataset=args.source_data, description=args.description)
+    print(json.dumps({"output": args.output, "written": written, "planned": len(jobs)}))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .classifiers import load_classifier
     from .images import open_image
@@ -251,6 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--revision", default=None, help="Branch to commit to (created if missing; default main).")
     publish.add_argument("--message", default=None, help="Commit message.")
     publish.set_defaults(func=cmd_publish)
+
+    gen = commands.add_parser("generate-dataset", help="Generate a synthetic dataset (parquet shards + card + "
+                                                       "per-image provenance); resumes after a kill.")
+    gen.add_argument("--model", required=True, help="Pipeline folder, embedded id or Hub id.")
+    gen.add_argument("--output", required=True, help="Dataset folder (created; an existing one is resumed).")
+    gen.add_argument("--mode", choices=["count", "magic"], default="count",
+                     help="count: --per-class text-to-image images per class; magic: one image-to-image translation "
+                          "of every real image toward another condition.")
+    gen.add_argument("--classes", default="", help="Comma-separated class names (count mode).")
+    gen.add_argument("--per-class", type=int, default=128)
+    gen.add_argument("--source-data", default="", help="Real dataset (magic mode; or class names for count mode).")
+    gen.add_argument("--source-split", default="train")
+    gen.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
+    gen.add_argument("--lora", default="", help="A LoRA folder to load first.")
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=5.0)
+    gen.add_argument("--strength", type=float, default=0.3, help="Image-to-image strength (magic mode).")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--shard-size", type=int, default=256)
+    gen.add_argument("--limit", type=int, default=0, help="Stop after this many new images (0: all).")
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--license", default="cc-by-4.0", help="Licence in the dataset card (follow the source data).")
+    gen.add_argument("--description", default="")
+    gen.set_defaults(func=cmd_generate_dataset)
 
     predict = commands.add_parser("predict", help="Top-k classes for image files.")
     predict.add_argument("--model", required=True)
