@@ -161,6 +161,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from .data import load_image_dataset
+    from .generation import TinySDConfig
+    from .generation.recipe import train_generator
+    from .generation.train import DenoiserTrainConfig
+    from .generation.vae import VAETrainConfig
+
+    dataset = load_image_dataset(args.data, split=args.split)
+    sizes = TinySDConfig(image_size=args.image_size, text_encoder=args.text_encoder)
+    vae = VAETrainConfig(steps=args.vae_steps, batch_size=args.batch_size, perceptual_weight=args.perceptual_weight)
+    unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr)
+    device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+    output = train_generator(dataset, args.output, sizes, vae, unet, args.prompt_template, device=device,
+                             dataset_name=str(args.data), repo_id=args.repo_id)
+    print(json.dumps({"output": str(output)}))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_generate_dataset(args: argparse.Namespace) -> int:
     from .data import class_names, load_image_dataset
     from .generation import GenerationSettings, Generator
@@ -282,6 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--revision", default=None, help="Branch to commit to (created if missing; default main).")
     publish.add_argument("--message", default=None, help="Commit message.")
     publish.set_defaults(func=cmd_publish)
+
+    tg = commands.add_parser("train-generator", help="Train a small SD-architecture pipeline from scratch "
+                                                     "(VAE, then UNet) on a labelled image dataset.")
+    tg.add_argument("--data", required=True)
+    tg.add_argument("--split", default="train")
+    tg.add_argument("--output", required=True)
+    tg.add_argument("--image-size", type=int, default=64)
+    tg.add_argument("--text-encoder", default="minilm", help="minilm, a BERT folder, or random-tiny (tests).")
+    tg.add_argument("--vae-steps", type=int, default=2000)
+    tg.add_argument("--unet-steps", type=int, default=6000)
+    tg.add_argument("--batch-size", type=int, default=64)
+    tg.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate.")
+    tg.add_argument("--perceptual-weight", type=float, default=0.5)
+    tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
+    tg.add_argument("--device", default="auto")
+    tg.add_argument("--repo-id", default="")
+    tg.set_defaults(func=cmd_train_generator)
 
     gen = commands.add_parser("generate-dataset", help="Generate a synthetic dataset (parquet shards + card + "
                                                        "per-image provenance); resumes after a kill.")

@@ -167,3 +167,26 @@ def json_line(stdout: str) -> dict:
     import json
 
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_train_generator_cli_builds_a_loadable_pipeline_with_card(tiny_dataset, tmp_path):
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "trained-sd"
+    result = run_cli("train-generator", "--data", str(tiny_dataset), "--output", str(out), "--image-size", "32",
+                     "--text-encoder", "random-tiny", "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "4",
+                     "--device", "cpu", "--prompt-template", "a {name} shape")
+    assert result.returncode == 0, result.stderr
+    assert (out / "model_index.json").is_file() and not list(out.rglob("*.bin"))
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "a disc shape" in card
+    images = Generator.from_pretrained(out).text_to_image("a disc shape", FAST)
+    assert images[0].size == (32, 32)
+
+
+def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise():
+    from magic.generation.vae import PerceptualLoss
+
+    loss = PerceptualLoss()
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert float(loss(a, a)) == 0.0 and float(loss(a, b)) > 0.0
