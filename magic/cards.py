@@ -80,7 +80,10 @@ def classifier_card(
         label_list=", ".join(classifier.label_names),
         pretrained_start=classifier.info.get("pretrained") or "random initialisation",
         temperature=f"{classifier.temperature:.3f}",
-        ood_threshold=f"{float(classifier.ood.threshold):.2f}" if classifier.ood is not None else "",
+        ood_threshold=f"{float(classifier.ood.semantic.threshold):.2f}" if classifier.ood is not None else "",
+        residual_threshold=f"{float(classifier.ood.semantic.residual_threshold):.2f}" if classifier.ood is not None
+        else "",
+        style_check=classifier.ood is not None and classifier.ood.style is not None,
         dataset_description=info["description"],
         dataset_license=info["license"],
         license_note="Non-commercial use only, as the training images' licence requires." if "NC" in info["license"]

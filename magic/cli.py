@@ -127,7 +127,8 @@ def cmd_calibrate_classifier(args: argparse.Namespace) -> int:
                 shutil.copy(Path(args.model) / name, output / name)
     _write_card(output, classifier)
     print(json.dumps({"output": str(output), "temperature": classifier.temperature,
-                      "ood_threshold": float(classifier.ood.threshold) if classifier.ood is not None else None}))
+                      "ood_threshold": float(classifier.ood.semantic.threshold) if classifier.ood is not None
+                      else None}))
     return 0
 
 
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--val-split", default="validation")
     calibrate.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True,
                            help="Also fit the out-of-distribution detector.")
-    calibrate.add_argument("--ood-quantile", type=float, default=0.99,
+    calibrate.add_argument("--ood-quantile", type=float, default=0.995,
                            help="Share of validation images the detector must accept.")
     calibrate.add_argument("--output", default="")
     calibrate.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")

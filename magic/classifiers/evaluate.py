@@ -58,19 +58,24 @@ class EvaluationResult:
 @torch.inference_mode()
 def collect_outputs(
     classifier: ImageClassifier, dataset: datasets.Dataset, batch_size: int = 128, num_workers: int = 0,
-    progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (N, C), pooled features (N, D) and labels (N,) of a whole split, in dataset order."""
+    progress: bool = True, style: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Logits (N, C), pooled features (N, D) and labels (N,) of a whole split, in dataset order; with ``style``,
+    also the early-stage statistics (N, S) of ``ImageClassifier.style_features``."""
     classifier.eval()
     loader = torch.utils.data.DataLoader(TorchImageDataset(dataset, classifier._transform), batch_size=batch_size,
                                          num_workers=num_workers)
-    all_logits, all_features, all_labels = [], [], []
+    all_logits, all_features, all_labels, all_style = [], [], [], []
     for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        logits, features = classifier.logits_and_features(pixels.to(classifier.device))
+        pixels = pixels.to(classifier.device)
+        logits, features = classifier.logits_and_features(pixels)
         all_logits.append(logits.float().cpu())
         all_features.append(features.float().cpu())
         all_labels.append(labels)
-    return torch.cat(all_logits), torch.cat(all_features), torch.cat(all_labels)
+        if style:
+            all_style.append(classifier.style_features(pixels).float().cpu())
+    outputs = (torch.cat(all_logits), torch.cat(all_features), torch.cat(all_labels))
+    return (*outputs, torch.cat(all_style)) if style else outputs
 
 
 def collect_logits(

@@ -18,10 +18,12 @@ from torch import nn
 
 from ..data.transforms import PreprocessConfig, eval_transform
 from ..hub import resolve_model
-from .ood import FeatureDistance
+from .ood import OODDetector, pixel_gate
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The intermediate stage (timm ``forward_intermediates`` index) whose statistics the style check uses.
+STYLE_STAGE = 1
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Assessment:
 
     prediction: Prediction
     status: str
-    distance: float | None
+    ood_score: float | None  # > 1: out of distribution (see magic.classifiers.ood); None without a detector
     reason: str = ""
 
 
@@ -64,7 +66,7 @@ class ImageClassifier(nn.Module):
         preprocess: PreprocessConfig,
         temperature: float = 1.0,
         info: dict[str, Any] | None = None,
-        ood: FeatureDistance | None = None,
+        ood: OODDetector | None = None,
     ):
         super().__init__()
         if model.num_classes != len(label_names):
@@ -86,6 +88,17 @@ class ImageClassifier(nn.Module):
         """(B, 3, H, W) normalised pixels -> (B, num_classes) logits and (B, D) pooled penultimate features."""
         features = self.model.forward_head(self.model.forward_features(pixel_values), pre_logits=True)
         return self.model.get_classifier()(features), features
+
+    def style_features(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """(B, 2C) channel means and standard deviations after the first stage: the low-level appearance (stain,
+        lighting, texture) the out-of-distribution style check compares; None for a model without
+        ``forward_intermediates``."""
+        if not hasattr(self.model, "forward_intermediates"):
+            return None
+        (early,) = self.model.forward_intermediates(pixel_values, indices=(STYLE_STAGE,), intermediates_only=True,
+                                                    stop_early=True)
+        early = early.float()
+        return torch.cat([early.mean(dim=(2, 3)), early.std(dim=(2, 3))], dim=1)
 
     @property
     def device(self) -> torch.device:
@@ -127,23 +140,31 @@ class ImageClassifier(nn.Module):
         if isinstance(images, Image.Image):
             images = [images]
         self.eval()
-        logits, features = self.logits_and_features(self.preprocess_images(images))
+        pixels = self.preprocess_images(images)
+        logits, features = self.logits_and_features(pixels)
         probabilities = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
-        distances = self.ood.distance(features.cpu()).tolist() if self.ood is not None else [None] * len(images)
+        scores = [None] * len(images)
+        if self.ood is not None:
+            style = self.style_features(pixels) if self.ood.style is not None else None
+            scores = self.ood.score(features.cpu(), style.cpu() if style is not None else None).tolist()
         results = []
-        for row, distance in zip(probabilities, distances):
+        for image, row, score in zip(images, probabilities, scores):
             prediction = self._top_k(row, top_k)
-            if distance is not None and distance > float(self.ood.threshold):
+            gate = pixel_gate(image)
+            if gate:
+                status, reason = "out_of_distribution", gate
+            elif score is not None and score > 1:
                 status = "out_of_distribution"
                 reason = ("This image does not look like the images the model was trained on "
-                          f"(feature distance {distance:.1f} > {float(self.ood.threshold):.1f}).")
+                          f"(out-of-distribution score {score:.2f}; above 1 means farther from the training images, "
+                          "in content or in appearance, than 99.5 % of real validation images).")
             elif prediction.probabilities[0] < min_confidence:
                 status = "unsure"
                 reason = (f"The model is unsure: its top answer has probability {prediction.probabilities[0]:.0%}, "
                           f"below {min_confidence:.0%}.")
             else:
                 status, reason = "ok", ""
-            results.append(Assessment(prediction, status, distance, reason))
+            results.append(Assessment(prediction, status, score, reason))
         return results
 
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -197,5 +218,5 @@ class ImageClassifier(nn.Module):
         if not label_names:
             label_names = [str(i) for i in range(config["num_classes"])]
         classifier = cls(model, config["architecture"], list(label_names), PreprocessConfig.from_dict(pretrained_cfg),
-                         temperature=temperature, info=extra, ood=FeatureDistance.load(folder))
+                         temperature=temperature, info=extra, ood=OODDetector.load(folder))
         return classifier.to(device).eval()

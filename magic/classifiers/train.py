@@ -21,7 +21,7 @@ from .calibration import fit_temperature
 from .evaluate import collect_logits, collect_outputs, metrics_from_logits
 from .factory import DEFAULT_ARCHITECTURE, create_classifier
 from .model import ImageClassifier
-from .ood import fit_feature_distance
+from .ood import fit_ood_detector
 
 BALANCE_CHOICES = ("none", "sampler", "sqrt-sampler", "loss")
 
@@ -168,13 +168,17 @@ def train_classifier(
 
 
 def calibrate_classifier(classifier: ImageClassifier, train_dataset: datasets.Dataset | None,
-                         val_dataset: datasets.Dataset, ood_quantile: float = 0.99) -> ImageClassifier:
+                         val_dataset: datasets.Dataset, ood_quantile: float = 0.995) -> ImageClassifier:
     """Fit the softmax temperature on ``val_dataset`` and, given ``train_dataset``, the out-of-distribution
-    detector (training-feature Gaussians, threshold at ``ood_quantile`` of validation distances)."""
-    logits, val_features, val_labels = collect_outputs(classifier, val_dataset, progress=False)
+    detector (training-feature Gaussians, thresholds at ``ood_quantile`` of validation scores)."""
+    style = hasattr(classifier.model, "forward_intermediates")
+    val_outputs = collect_outputs(classifier, val_dataset, progress=False, style=style)
+    logits, val_features, val_labels = val_outputs[:3]
     classifier.temperature = fit_temperature(logits, val_labels)
     if train_dataset is not None:
-        _, train_features, train_labels = collect_outputs(classifier, train_dataset, progress=False)
-        classifier.ood = fit_feature_distance(train_features, train_labels, val_features,
-                                              num_classes=len(classifier.label_names), quantile=ood_quantile)
+        train_outputs = collect_outputs(classifier, train_dataset, progress=False, style=style)
+        classifier.ood = fit_ood_detector(train_outputs[1], train_outputs[2], val_features,
+                                          num_classes=len(classifier.label_names),
+                                          train_style=train_outputs[3] if style else None,
+                                          val_style=val_outputs[3] if style else None, quantile=ood_quantile)
     return classifier
