@@ -10,12 +10,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from spaces import wbc  # noqa: E402
+from spaces import skin, wbc  # noqa: E402
 from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, NOTICE  # noqa: E402
 
 #: Tabs still to come, with the capability each will hold.
 UPCOMING_TABS = {
-    "Skin lesions": "Skin-lesion classifier with saliency maps and the expert checklist of the predicted condition.",
     "Generate": "Text-to-image and image-to-image synthesis of medical images, with the evaluator feedback loop.",
     "Evaluate": "Checklist evaluation of an image against a condition's expert criteria.",
     "Diagnose": "Image + the patient's own description of symptoms, combined with Chain of Options.",
@@ -28,6 +27,8 @@ def create_app() -> gr.Blocks:
         gr.Markdown("# MAGIC suite\nMedically accurate synthetic images and the diagnostic models they improve.")
         with gr.Tab("White blood cells"):
             wbc.create_demo()  # a Blocks created inside another renders in place
+        with gr.Tab("Skin lesions"):
+            skin.create_demo()
         for title, description in UPCOMING_TABS.items():
             with gr.Tab(title):
                 gr.Markdown(f"### {title}\n{description}\n\n*Not available in this version yet.*\n\n{NOTICE}")

@@ -86,3 +86,20 @@ def test_out_of_range_top_k_is_refused(client, tmp_path):
 def test_missing_image_is_refused(client):
     with pytest.raises(AppError, match="Upload an image first"):
         client.predict(None, 3, api_name="/classify_wbc")
+
+
+def test_classify_skin_over_http_with_skin_tone(client, tmp_path):
+    from scripts.make_examples import _lesion
+
+    path = tmp_path / "lesion.png"
+    _lesion("nevus", 0).save(path)
+    label, saliency, checklist, details = client.predict(handle_file(str(path)), 2, "darker (Fitzpatrick IV-VI)",
+                                                         api_name="/classify_skin")
+    assert len(label["confidences"]) == 2 and Image.open(saliency).size == (128, 128)
+    assert details["status"] in ("ok", "unsure", "out_of_distribution") and len(details["checklist"]) == 5
+    assert "Expert checklist" in checklist and "ham10000" in checklist
+
+
+def test_unknown_skin_tone_is_refused(client, tmp_path):
+    with pytest.raises(AppError, match="skin_tone must be one of|not in the list of choices"):
+        client.predict(handle_file(str(_cell_image(tmp_path / "x.png"))), 2, "purple", api_name="/classify_skin")

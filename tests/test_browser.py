@@ -1,5 +1,6 @@
 """The app in a real browser (Debian's headless Chromium driven by Playwright): a person classifies a cell."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 from tests.conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-EXAMPLE = Path(__file__).resolve().parent.parent / "spaces" / "examples" / "wbc" / "drawn_lymphocyte.png"
+EXAMPLES = Path(__file__).resolve().parent.parent / "spaces" / "examples"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -27,7 +28,7 @@ def app_url():
 
 @pytest.fixture(scope="module")
 def page():
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as playwright_api  # a test dependency: missing it fails, never skips
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: `make test` installs Debian's chromium (apt-get install chromium).")
     with playwright_api.sync_playwright() as playwright:
@@ -37,16 +38,24 @@ def page():
         browser.close()
 
 
-def test_a_person_uploads_a_cell_and_sees_the_prediction(app_url, page, tmp_path):
+@pytest.mark.parametrize("tab, example, checklist_title", [
+    ("White blood cells", "wbc/drawn_lymphocyte.png", "pbc v"),
+    ("Skin lesions", "skin/drawn_nevus.png", "ham10000 v"),
+])
+def test_a_person_uploads_an_image_and_sees_prediction_and_checklist(app_url, page, tmp_path, tab, example,
+                                                                       checklist_title):
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    expect(page.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
-    page.get_by_role("tab", name="White blood cells").click()
-    page.locator("input[type=file]").first.set_input_files(str(EXAMPLE))
-    page.get_by_role("button", name="Classify").first.click()
-    expect(page.get_by_text("Expert checklist").first).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("Where the model looked (Grad-CAM)").first).to_be_visible()
-    label = page.locator(".output-class, [data-testid='label-output-value']").first
-    expect(label).not_to_be_empty(timeout=30_000)
-    page.screenshot(path=str(tmp_path / "wbc.png"), full_page=True)
+    page.get_by_role("tab", name=tab).click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
+    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / example))
+    panel.get_by_role("button", name="Classify").click()
+    expect(panel.get_by_text("Expert checklist").first).to_be_visible(timeout=60_000)
+    expect(panel.get_by_text(checklist_title).first).to_be_visible()
+    expect(panel.get_by_text("Where the model looked (Grad-CAM)").first).to_be_visible()
+    # MAGIC_SCREENSHOTS=docs/screenshots python -m pytest tests/test_browser.py refreshes the README's screenshots
+    folder = Path(os.environ.get("MAGIC_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{example.split('/')[0]}.png"), full_page=True)
