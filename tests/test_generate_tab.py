@@ -1,0 +1,54 @@
+"""The Generate tab over HTTP with a tiny pipeline built in code (the embedded generator is trained separately)."""
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from magic.generation import Generator, TinySDConfig, build_pipeline
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from spaces.generate import create_demo
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                                text_encoder="random-tiny", max_prompt_tokens=16)).save_pretrained(folder)
+    demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder)).queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            show_error=True)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_text_to_image_returns_the_requested_number_of_images(client):
+    gallery = client.predict("basophil", "text-to-image", None, 3, 0.3, 2.0, 2, 2, api_name="/generate")
+    assert len(gallery) == 2
+    assert Image.open(gallery[0]["image"]).size == (32, 32) and "seed 3" in gallery[0]["caption"]
+
+
+def test_same_seed_gives_the_same_image_over_http(client):
+    first = client.predict("ig", "text-to-image", None, 9, 0.3, 2.0, 2, 1, api_name="/generate")
+    second = client.predict("ig", "text-to-image", None, 9, 0.3, 2.0, 2, 1, api_name="/generate")
+    assert Image.open(first[0]["image"]).tobytes() == Image.open(second[0]["image"]).tobytes()
+
+
+def test_image_to_image_needs_an_image_and_uses_it(client, tmp_path):
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict("eosinophil", "image-to-image", None, 0, 0.5, 2.0, 2, 1, api_name="/generate")
+    path = tmp_path / "source.png"
+    Image.new("RGB", (40, 40), (200, 120, 160)).save(path)
+    gallery = client.predict("eosinophil", "image-to-image", handle_file(str(path)), 0, 0.5, 2.0, 2, 1,
+                             api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_unknown_condition_and_out_of_range_settings_are_refused(client):
+    with pytest.raises(AppError, match="not in the list of choices|condition must be one of"):
+        client.predict("dragon", "text-to-image", None, 0, 0.3, 2.0, 2, 1, api_name="/generate")
+    with pytest.raises(AppError, match="greater than maximum"):
+        client.predict("ig", "text-to-image", None, 0, 0.3, 2.0, 5000, 1, api_name="/generate")
