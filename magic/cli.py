@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
+
+    from .evaluation.cli import add_commands as add_evaluation_commands
+
+    add_evaluation_commands(commands)
     return parser
 
 

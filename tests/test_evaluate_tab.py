@@ -1,0 +1,72 @@
+"""The Evaluator tab served on loopback and called over HTTP with gradio_client."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from magic.hub import WEIGHTS_DIR
+from tests.conftest import free_port
+
+EMBEDDED = WEIGHTS_DIR / "checklist-evaluator"
+
+
+@pytest.fixture(scope="module")
+def client():
+    if not (EMBEDDED / "config.json").is_file():
+        pytest.skip("weights/checklist-evaluator is not built")
+    from spaces.evaluate import create_demo
+
+    demo = create_demo().queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            show_error=True, max_file_size="25mb")
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def _cell(path, kind="eosinophil"):
+    from scripts.make_examples import _cell as draw
+
+    draw(kind, 0).save(path)
+    return str(path)
+
+
+def test_evaluate_over_http_shows_each_item_with_pass_fail_reason_and_score(client, tmp_path):
+    score, table, verdict = client.predict(handle_file(_cell(tmp_path / "cell.png")), "pbc", "eosinophil",
+                                           "not specified", api_name="/evaluate")
+    assert len(verdict["scores"]) == 5 and len(verdict["rationales"]) == 5 and verdict["backend"] == "embedded"
+    assert verdict["score"] == sum(verdict["scores"]) and score["label"] == f"{verdict['score']} / 5 criteria met"
+    assert "Eosinophil" in table and table.count("| ") >= 5 and ("✅" in table or "❌" in table)
+    assert "eosinophil" == verdict["condition_id"] and verdict["checklist_version"] == "pbc@1.0.0"
+
+
+def test_skin_catalog_and_condition_list(client, tmp_path):
+    update = client.predict("ham10000", api_name="/evaluator_conditions")
+    assert "melanoma" in str(update)
+    _, table, verdict = client.predict(handle_file(_cell(tmp_path / "c.png")), "ham10000", "melanoma",
+                                       "darker (Fitzpatrick IV-VI)", api_name="/evaluate")
+    assert verdict["checklist_version"].startswith("ham10000@") and "Melanoma" in table
+
+
+@pytest.mark.parametrize("catalog, condition, message", [
+    ("no-such-catalog", "x", "catalog must be one of|not in the list of choices"),
+    ("pbc", "melanoma", "condition must be one of"),
+])
+def test_bad_choices_get_a_clear_error(client, tmp_path, catalog, condition, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(_cell(tmp_path / "cell.png")), catalog, condition, "not specified",
+                       api_name="/evaluate")
+
+
+def test_not_an_image_gets_a_clear_error(client, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"not a picture")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(handle_file(str(path)), "pbc", "basophil", "not specified", api_name="/evaluate")
+
+
+def test_api_lists_the_documented_endpoint(client):
+    assert "/evaluate" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
