@@ -10,7 +10,15 @@ import gradio as gr
 from magic.catalog import Catalog
 from magic.classifiers import ImageClassifier
 from magic.classifiers.explain import grad_cam, overlay
-from spaces.common import EXAMPLES_DIR, UploadedImage, model_card_link, model_card_text, notice, read_image
+from spaces.common import (
+    DELETE_CACHE,
+    EXAMPLES_DIR,
+    UploadedImage,
+    model_card_link,
+    model_card_text,
+    notice,
+    read_image,
+)
 
 SKIN_TONES = {"not specified": None, "lighter (Fitzpatrick I-III)": "light", "darker (Fitzpatrick IV-VI)": "dark"}
 
@@ -63,7 +71,7 @@ def create_classifier_demo(tab: ClassifierTab, classifier: ImageClassifier, cata
         return verdict.prediction.as_dict(), saliency, checklist, details
 
     examples = sorted(str(path) for path in (EXAMPLES_DIR / tab.examples_subdir).glob("*.png"))
-    with gr.Blocks(title=tab.title) as demo:
+    with gr.Blocks(delete_cache=DELETE_CACHE, title=tab.title) as demo:
         gr.Markdown(f"## {tab.title}\n{tab.intro}\n\n{model_card_link(tab.model_id)}")
         notice()
         with gr.Row():

@@ -19,13 +19,15 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 NOTICE = (
     "⚠️ **Research demo, not a medical device.** Its answers can be wrong and must not be used to diagnose, "
-    "treat or triage anyone. Uploaded images are processed in memory and deleted from the server's cache."
+    "treat or triage anyone. Uploaded images are processed in memory; the server deletes its copy within three "
+    "minutes."
 )
 
 #: Largest upload the server accepts; larger requests are refused before they reach a model.
 MAX_FILE_SIZE = "25mb"
-#: How often (s) the server sweeps its upload cache, and the age (s) after which files are deleted.
-DELETE_CACHE = (600, 600)
+#: gradio's upload-cache sweep: every 60 s, delete the files (uploads and outputs) older than 120 s. Deleting an upload
+#: right after reading it would race with a concurrent upload of the same bytes (gradio stores both at one path).
+DELETE_CACHE = (60, 120)
 
 
 class UploadedImage(gr.Image):

@@ -15,6 +15,7 @@ import gradio as gr
 from magic.catalog import CatalogError, available_catalogs, load_catalog
 from magic.evaluation import Checklist, EvaluationError, Evaluator, VerdictCache, load_evaluator
 from spaces.common import (
+    DELETE_CACHE,
     EXAMPLES_DIR,
     MAX_FILE_SIZE,
     UploadedImage,
@@ -78,7 +79,7 @@ def create_demo(evaluator: Evaluator | None = None, model_id: str = DEFAULT_MODE
         return score, verdict_markdown(checklist, verdict.scores, verdict.rationales, verdict.valid_image), details
 
     examples = sorted(str(path) for path in (EXAMPLES_DIR / "wbc").glob("*.png"))[:4]
-    with gr.Blocks(title="Checklist evaluator") as demo:
+    with gr.Blocks(delete_cache=DELETE_CACHE, title="Checklist evaluator") as demo:
         gr.Markdown("## Checklist evaluator\nUpload an image (a real or a generated one), pick a condition, and the "
                     "evaluator checks the image against that condition's 5-item expert checklist, item by item, as "
                     "MAGIC's evaluator does (1 = the image meets the item). The embedded evaluator was trained on "

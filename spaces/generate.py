@@ -12,7 +12,7 @@ import gradio as gr
 
 from magic.catalog import load_catalog
 from magic.generation import GenerationSettings, Generator
-from spaces.common import MAX_FILE_SIZE, UploadedImage, model_card_link, notice, read_image
+from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, UploadedImage, model_card_link, notice, read_image
 
 DEFAULT_MODEL = "magic-suite/wbc-generator"
 MODES = ["text-to-image", "image-to-image"]
@@ -48,7 +48,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                        else generator.text_to_image(prompt, one))
         return [(image, f"{condition} · seed {settings.seed + i}") for i, image in enumerate(images)]
 
-    with gr.Blocks(title="Generate") as demo:
+    with gr.Blocks(delete_cache=DELETE_CACHE, title="Generate") as demo:
         gr.Markdown(f"## Generate synthetic images\nText-to-image, or image-to-image (MAGIC: a real image translated "
                     f"toward another condition at low strength).\n\n{model_card_link(model_id)}")
         notice()
