@@ -14,6 +14,9 @@ JUNK_PATTERNS = ["*__pycache__/*", "*.DS_Store", "*.pyc"]
 #: Pickle-based formats, which can run code when loaded; the project publishes safetensors only.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
 
+#: The weights file diffusers' save_lora_weights writes and load_lora_weights looks for first.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
 #: Card metadata keys that only dataset cards use.
 DATASET_CARD_KEYS = {"dataset_info", "configs", "task_categories", "task_ids", "size_categories", "pretty_name",
                      "source_datasets", "annotations_creators", "language_creators", "multilinguality"}
@@ -78,10 +81,23 @@ def check_publishable(folder: str | os.PathLike, repo_type: str | None = None) -
     if repo_type == "space" and (not metadata.get("sdk") or "app_file" not in metadata):
         raise PublishError(f"{root / 'README.md'} needs 'sdk' and 'app_file' in its metadata to publish as a Space "
                            "(python -m spaces.build writes them).")
-    if repo_type == "model" and ("config.json" not in files or not any(p.endswith(".safetensors") for p in files)):
+    if repo_type == "model" and not is_model_folder(files):
         raise PublishError(f"{root} is not a complete model folder: it needs config.json and *.safetensors weights "
-                           "(save the model with save_pretrained).")
+                           "(save the model with save_pretrained), a diffusers pipeline (model_index.json and its "
+                           f"components' *.safetensors) or a LoRA ({LORA_WEIGHTS} from save_lora_weights).")
     return repo_type
+
+
+def is_model_folder(files: list[str]) -> bool:
+    """Whether ``files`` (as ``files_to_upload`` lists them) make a loadable model repo: a model with config.json
+    and safetensors weights (timm, transformers), a diffusers pipeline (model_index.json with safetensors in its
+    component folders) or a diffusers LoRA (``pytorch_lora_weights.safetensors``, loaded with load_lora_weights)."""
+    top_level = {path for path in files if "/" not in path}
+    if LORA_WEIGHTS in top_level:
+        return True
+    if "model_index.json" in top_level:
+        return any(path.endswith(".safetensors") for path in files)
+    return "config.json" in top_level and any(path.endswith(".safetensors") for path in top_level)
 
 
 def publish(

@@ -8,6 +8,8 @@ if __package__ in (None, ""):  # run as `python spaces/generate.py`
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import math
+
 import gradio as gr
 
 from magic.catalog import load_catalog
@@ -34,6 +36,11 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             raise gr.Error(f"condition must be one of {conditions.ids}; got {condition!r}.")
         if mode not in MODES:
             raise gr.Error(f"mode must be one of {MODES}; got {mode!r}.")
+        numbers = {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count}
+        bad = [name for name, value in numbers.items()
+               if not isinstance(value, int | float) or not math.isfinite(value)]
+        if bad:  # NaN passes gradio's range checks (every comparison with NaN is false)
+            raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
         try:
             settings = GenerationSettings(steps=int(steps), guidance=float(guidance), strength=float(strength),
                                           seed=int(seed))

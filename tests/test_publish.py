@@ -187,3 +187,99 @@ def test_cli_refuses_a_missing_folder_in_one_line(hub, tmp_path, capsys):
     [line] = err.strip().splitlines()
     assert out == "" and line.startswith("magic publish: error: ") and "is not a folder" in line
     assert len(hub.hub.log) == requests_before
+
+
+LOAD_PIPELINE = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import save_file
+pipeline_id, lora_id, prompt, work = sys.argv[1:5]
+pipe = StableDiffusionPipeline.from_pretrained(pipeline_id)
+pipe.set_progress_bar_config(disable=True)
+def sample():
+    out = pipe(prompt, num_inference_steps=2, guidance_scale=3.0, output_type="np",
+               generator=torch.Generator().manual_seed(7)).images
+    return torch.from_numpy(out).contiguous()
+base = sample()
+pipe.load_lora_weights(lora_id)
+save_file({"base": base, "lora": sample()}, work + "/generated.safetensors")
+"""
+
+
+def test_publish_generator_and_lora_then_load_them_back_with_diffusers(hub, hub_env, tiny_dataset, tmp_path,
+                                                                      monkeypatch):
+    """A pipeline folder (model_index.json, no top-level config.json) and a LoRA folder (only the LoRA weights and
+    a card) are both publishable, and the Hub copies reproduce the local pipeline + LoRA output for a seed."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from magic.data import load_image_dataset
+    from magic.generation import TinySDConfig
+    from magic.generation.adapters import save_lora
+    from magic.generation.recipe import train_generator
+    from magic.generation.train import DenoiserTrainConfig, train_denoiser
+    from magic.generation.vae import VAETrainConfig
+
+    pipeline_id, lora_id, prompt = f"{ORG}/tiny-generator", f"{ORG}/tiny-generator-lora", "a disc shape"
+    data = load_image_dataset(tiny_dataset)["train"]
+    tiny = TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                        text_encoder="random-tiny", max_prompt_tokens=16)
+    folder = train_generator(data, tmp_path / "tiny-generator", tiny,
+                             VAETrainConfig(steps=1, batch_size=4, perceptual_weight=0.0),
+                             DenoiserTrainConfig(steps=1, batch_size=4, warmup_steps=0), "a {name} shape",
+                             dataset_name="tiny", repo_id=pipeline_id)  # writes the project's generator card
+    assert not (folder / "config.json").exists() and (folder / "model_index.json").is_file()
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = [row["image"] for row in data.select(range(4))]
+    train_denoiser(pipe, images, [prompt] * 4,
+                   DenoiserTrainConfig(method="lora", steps=2, batch_size=4, lr=1e-2, lora_rank=4, warmup_steps=0))
+    lora = tmp_path / "tiny-generator-lora"
+    save_lora(pipe, lora)
+    ModelCard.from_template(
+        ModelCardData(license="cc-by-4.0", library_name="diffusers", base_model=pipeline_id,
+                      tags=["lora", "diffusers", "magic-suite"]),
+        template_str="---\n{{ card_data }}\n---\n# {{ title }}\n\nA LoRA for `{{ base }}`, for tests.\n",
+        title=lora_id, base=pipeline_id,
+    ).save(lora / "README.md")
+    assert sorted(path.name for path in lora.iterdir()) == ["README.md", "pytorch_lora_weights.safetensors"]
+    pipe.unet.eval()
+    expected = torch.from_numpy(pipe(prompt, num_inference_steps=2, guidance_scale=3.0, output_type="np",
+                                     generator=torch.Generator().manual_seed(7)).images)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the CLI is proven above; in-process
+    for artifact, repo_id in ((folder, pipeline_id), (lora, lora_id)):
+        url = publish(artifact, repo_id, endpoint=hub.url, token=TOKEN)
+        assert url.startswith(f"{hub.url}/{repo_id}/commit/")
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "README.md"} <= hub_files(hub, "model", pipeline_id)
+    assert hub_files(hub, "model", lora_id) == {".gitattributes", "README.md", "pytorch_lora_weights.safetensors"}
+
+    loaded = run(["-c", LOAD_PIPELINE, pipeline_id, lora_id, prompt, str(tmp_path)], hub_env)
+    assert loaded.returncode == 0, loaded.stderr
+    outputs = load_file(tmp_path / "generated.safetensors")
+    assert torch.isfinite(outputs["lora"]).all()
+    torch.testing.assert_close(outputs["lora"], expected)
+    assert not torch.allclose(outputs["base"], expected)  # the LoRA really was loaded and changes the images
+    card = huggingface_hub.metadata_load(folder / "README.md")
+    assert card["library_name"] == "diffusers" and card["license"]
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"model_index.json": b"{}"}, r"diffusers pipeline \(model_index\.json and its components' \*\.safetensors\)"),
+    ({"lora.safetensors": b"x"}, r"a LoRA \(pytorch_lora_weights\.safetensors"),
+    ({"unet/config.json": b"{}", "unet/diffusion_pytorch_model.safetensors": b"x"}, r"needs config\.json"),
+])
+def test_publish_refuses_pipeline_and_lora_shaped_folders_without_their_weights(hub, tmp_path, monkeypatch, files,
+                                                                               message):
+    folder = tmp_path / "incomplete"
+    for name, data in {**files, "README.md": b"---\nlicense: mit\nlibrary_name: diffusers\n---\n# x\n"}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    requests_before = len(hub.hub.log)
+    with pytest.raises(PublishError, match=message):
+        publish(folder, f"{ORG}/incomplete", endpoint=hub.url, token=TOKEN)
+    assert len(hub.hub.log) == requests_before
