@@ -298,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish", help="Upload a model or dataset folder to the Hugging Face Hub "
                                                   "(HF_TOKEN, HF_ENDPOINT honoured; safetensors only).")
     publish.add_argument("artifact_dir", metavar="ARTIFACT_DIR",
-                         help="A model folder (config.json + *.safetensors, a diffusers pipeline with model_index.json, "
-                              "or a LoRA's pytorch_lora_weights.safetensors) or a dataset folder (data/*.parquet), "
+                         help="A model folder (config.json + *.safetensors, a diffusers pipeline with "
+                              "model_index.json, or a LoRA's pytorch_lora_weights.safetensors) or a dataset folder "
+                              "(data/*.parquet), "
                               "with its README.md card.")
     publish.add_argument("--repo-id", required=True, help="Target repo, ORG/NAME (created if missing).")
     publish.add_argument("--private", action="store_true", help="Create the repo as private.")
