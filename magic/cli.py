@@ -235,11 +235,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_narratives(args: argparse.Namespace) -> int:
+    from .narratives.dataset import NarrativeDatasetConfig, build_narrative_dataset
+
+    counts = build_narrative_dataset(args.metadata, args.output, dataclass_from_args(NarrativeDatasetConfig, args))
+    print(json.dumps({"output": args.output, "rows": counts}))
+    return 0
+
+
+def cmd_train_narrative_classifier(args: argparse.Namespace) -> int:
+    from .narratives.dataset import load_narratives
+    from .narratives.evaluate import evaluate_narrative_classifier, write_narrative_card
+    from .narratives.train import NarrativeTrainConfig, train_narrative_classifier
+
+    data = load_narratives(args.data)
+    config = dataclass_from_args(NarrativeTrainConfig, args)
+    classifier = train_narrative_classifier(config, data["train"], data.get("validation"),
+                                            log=lambda record: print(json.dumps(record), file=sys.stderr))
+    output = Path(args.output)
+    classifier.info["dataset"] = str(args.data)
+    classifier.save_pretrained(output)
+    metrics = evaluate_narrative_classifier(classifier, data["test"]) if "test" in data else None
+    if metrics:
+        (output / "metrics.json").write_text(json.dumps({"split": "test", **metrics}, indent=1))
+    write_narrative_card(output, classifier, args.repo_id or f"{HUB_ORG}/{output.name}", str(args.data), metrics)
+    print(json.dumps({"output": str(output), "train_seconds": classifier.info["train_seconds"], **(metrics or {})}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .classifiers import TrainConfig
+    from .narratives.dataset import NarrativeDatasetConfig
+    from .narratives.train import NarrativeTrainConfig
 
     parser = argparse.ArgumentParser(prog="magic", description="MAGIC suite: train, evaluate and use the models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -358,6 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
+
+    narratives = commands.add_parser("build-narratives", help="Turn PAD-UFES-20 metadata into first-person "
+                                                              "narratives, split by patient, as a Hub-shaped dataset.")
+    narratives.add_argument("--metadata", required=True, help="PAD-UFES-20 metadata.csv.")
+    narratives.add_argument("--output", required=True, help="Dataset folder (data/*.parquet + README.md).")
+    add_dataclass_arguments(narratives, NarrativeDatasetConfig)
+    narratives.set_defaults(func=cmd_build_narratives)
+
+    tn = commands.add_parser("train-narrative-classifier", help="Fine-tune MiniLM or SmolLM2 (LoRA) on narratives "
+                                                                "with Chain of Options or plainly.")
+    tn.add_argument("--data", required=True, help="Narrative dataset folder (from build-narratives).")
+    tn.add_argument("--output", required=True, help="Folder for config.json, model.safetensors, README.md.")
+    tn.add_argument("--repo-id", default="")
+    add_dataclass_arguments(tn, NarrativeTrainConfig)
+    tn.set_defaults(func=cmd_train_narrative_classifier)
 
     from .evaluation.cli import add_commands as add_evaluation_commands
 
