@@ -10,14 +10,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from spaces import skin, wbc  # noqa: E402
+from spaces import diagnose, evaluate, skin, wbc  # noqa: E402
 from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, NOTICE  # noqa: E402
 
 #: Tabs still to come, with the capability each will hold.
 UPCOMING_TABS = {
-    "Generate": "Text-to-image and image-to-image synthesis of medical images, with the evaluator feedback loop.",
-    "Evaluate": "Checklist evaluation of an image against a condition's expert criteria.",
-    "Diagnose": "Image + the patient's own description of symptoms, combined with Chain of Options.",
+    "Generate": "Text-to-image and image-to-image synthesis of medical images, with the evaluator feedback loop "
+                "(the tab is built and tested, spaces/generate.py; it joins the app with the embedded generator).",
 }
 
 
@@ -29,6 +28,10 @@ def create_app() -> gr.Blocks:
             wbc.create_demo()  # a Blocks created inside another renders in place
         with gr.Tab("Skin lesions"):
             skin.create_demo()
+        with gr.Tab("Evaluate"):
+            evaluate.create_demo()
+        with gr.Tab("Diagnose"):
+            diagnose.create_demo()
         for title, description in UPCOMING_TABS.items():
             with gr.Tab(title):
                 gr.Markdown(f"### {title}\n{description}\n\n*Not available in this version yet.*\n\n{NOTICE}")

@@ -1,6 +1,7 @@
-"""The app in a real browser (Debian's headless Chromium driven by Playwright): a person classifies a cell."""
+"""The app in a real browser (Debian's headless Chromium driven by Playwright): a person uses each tab."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,42 @@ def test_a_person_uploads_an_image_and_sees_prediction_and_checklist(app_url, pa
     expect(panel.get_by_text("Expert checklist").first).to_be_visible(timeout=60_000)
     expect(panel.get_by_text(checklist_title).first).to_be_visible()
     expect(panel.get_by_text("Where the model looked (Grad-CAM)").first).to_be_visible()
-    # MAGIC_SCREENSHOTS=docs/screenshots python -m pytest tests/test_browser.py refreshes the README's screenshots
+    _screenshot(page, tmp_path, example.split("/")[0])
+
+
+def _screenshot(page, tmp_path, name: str) -> None:
+    """MAGIC_SCREENSHOTS=docs/screenshots python -m pytest tests/test_browser.py refreshes the README's screenshots."""
     folder = Path(os.environ.get("MAGIC_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"{example.split('/')[0]}.png"), full_page=True)
+    page.wait_for_timeout(1000)  # let the outputs' fade-in finish
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def test_a_person_checks_an_image_against_a_checklist(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_role("tab", name="Evaluate").click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
+    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "wbc/drawn_lymphocyte.png"))
+    panel.get_by_role("button", name="Evaluate").click()
+    expect(panel.get_by_text("criteria met").first).to_be_visible(timeout=60_000)
+    expect(panel.get_by_text(re.compile("✅ pass|❌ fail")).first).to_be_visible()  # one row per checklist item
+    _screenshot(page, tmp_path, "evaluate")
+
+
+def test_a_person_describes_a_lesion_and_gets_a_ranked_diagnosis(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_role("tab", name="Diagnose").click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
+    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "skin/drawn_melanoma.png"))
+    panel.get_by_role("textbox").first.fill("I am 70. The spot on my back grew and it bleeds; it does not itch.")
+    panel.get_by_role("button", name="Diagnose").click()
+    expect(panel.get_by_text("Narrative evidence understood").first).to_be_visible(timeout=60_000)
+    expect(panel.get_by_text("Ranked diagnosis").first).to_be_visible()
+    expect(panel.get_by_text("Bleeding").first).to_be_visible()
+    _screenshot(page, tmp_path, "diagnose")
