@@ -14,8 +14,7 @@ EMBEDDED = WEIGHTS_DIR / "checklist-evaluator"
 
 @pytest.fixture(scope="module")
 def client():
-    if not (EMBEDDED / "config.json").is_file():
-        pytest.skip("weights/checklist-evaluator is not built")
+    assert (EMBEDDED / "config.json").is_file(), "weights/checklist-evaluator is missing"
     from spaces.evaluate import create_demo
 
     demo = create_demo().queue(default_concurrency_limit=2)
@@ -70,3 +69,20 @@ def test_not_an_image_gets_a_clear_error(client, tmp_path):
 
 def test_api_lists_the_documented_endpoint(client):
     assert "/evaluate" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_expert_labels_accumulate_per_session_with_kappa_and_a_download(client, tmp_path):
+    from magic.evaluation.experts import load_expert_labels
+
+    first = client.predict(handle_file(_cell(tmp_path / "a.png", "neutrophil")), "pbc", "neutrophil", "not specified",
+                           [1, 2, 3], "dr-a", api_name="/expert_label")  # item numbers the expert ticked
+    assert "on 1 image(s)" in first[0] and "| 5 |" in first[0]
+    second = client.predict(handle_file(_cell(tmp_path / "b.png", "lymphocyte")), "pbc", "neutrophil",
+                            "not specified", [], "dr-a", api_name="/expert_label")
+    assert "on 2 image(s)" in second[0]
+    labels = load_expert_labels(second[1])
+    assert [label.scores for label in labels] == [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    assert labels[0].rater == "dr-a" and labels[0].checklist_version == "pbc@1.0.0"
+    with pytest.raises(AppError, match="not in the list of choices|item numbers from 1 to 5"):
+        client.predict(handle_file(_cell(tmp_path / "c.png")), "pbc", "neutrophil", "not specified",
+                       [7], "", api_name="/expert_label")

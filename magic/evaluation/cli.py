@@ -1,4 +1,4 @@
-"""The evaluator commands of ``python -m magic``: evaluate, serve-evaluator, train-evaluator."""
+"""The evaluator commands of ``python -m magic``: evaluate, serve-evaluator, train-evaluator, expert-agreement."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"({verdict.backend} {verdict.backend_version}{', cached' if verdict.cached else ''})")
         for item, score, reason in zip(checklist.items, verdict.scores, verdict.rationales):
             print(f"  [{'x' if score else ' '}] {item}\n        {reason}")
+    return 0
+
+
+def cmd_expert_agreement(args: argparse.Namespace) -> int:
+    from .experts import expert_agreement, format_agreement, load_expert_labels
+    from .factory import load_evaluator
+
+    labels = load_expert_labels(args.labels)
+    result = expert_agreement(load_evaluator(args.evaluator, cache=None), labels, Path(args.labels).parent)
+    print(json.dumps(result.to_dict()) if args.json else format_agreement(result))
     return 0
 
 
@@ -104,6 +114,13 @@ def add_commands(commands) -> None:
     ev.add_argument("--cache-dir", default="", help="Verdict cache folder (default ~/.cache/magic or MAGIC_CACHE_DIR).")
     ev.add_argument("--json", action="store_true", help="Print JSON.")
     ev.set_defaults(func=cmd_evaluate)
+
+    ea = commands.add_parser("expert-agreement", help="Cohen's kappa per checklist item between an evaluator and "
+                                                      "expert labels (magic-expert-labels JSON Lines).")
+    ea.add_argument("--labels", required=True, help="Expert labels file; image paths are relative to it.")
+    ea.add_argument("--evaluator", default="embedded", help="Evaluator spec, as for `evaluate`.")
+    ea.add_argument("--json", action="store_true", help="Print JSON (with the per-image pairs).")
+    ea.set_defaults(func=cmd_expert_agreement)
 
     se = commands.add_parser("serve-evaluator", help="Serve an evaluator on an OpenAI-compatible endpoint "
                                                      "(/v1/chat/completions, /v1/models).")
