@@ -9,7 +9,6 @@ batch size on the chosen device, and the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.report import emit  # noqa: E402
 from magic.classifiers import evaluate_classifier, load_classifier  # noqa: E402
 from magic.classifiers.train import resolve_device  # noqa: E402
 from magic.data import load_image_dataset  # noqa: E402
@@ -65,11 +65,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores"
         + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

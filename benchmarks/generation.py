@@ -18,7 +18,6 @@ One JSON object is printed (and written with --output) with the settings, device
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.report import emit  # noqa: E402
 from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline  # noqa: E402
 from magic.generation.train import DenoiserTrainConfig, train_denoiser  # noqa: E402
 from scripts.make_examples import _cell  # noqa: E402
@@ -111,11 +111,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores"
                    + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

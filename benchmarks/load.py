@@ -12,7 +12,6 @@ and --timeout seconds at most; it stops by itself.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradio_client import Client, handle_file  # noqa: E402
 
+from benchmarks.report import emit  # noqa: E402
 from magic.classifiers import load_classifier  # noqa: E402
 from magic.evaluation import Checklist, load_evaluator  # noqa: E402
 from magic.images import open_image  # noqa: E402
@@ -121,11 +121,7 @@ def main() -> None:
         "wrong": [r for r in results if r["status"].startswith("wrong")],
         "errors": [r for r in results if r["status"].startswith(("error", "skipped"))],
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

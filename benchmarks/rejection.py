@@ -10,7 +10,6 @@ foreign dataset (e.g. blood cells for the skin model), blank images of random un
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.report import emit  # noqa: E402
 from magic.classifiers import load_classifier  # noqa: E402
 from magic.data import load_image_dataset  # noqa: E402
 
@@ -70,11 +70,7 @@ def main() -> None:
             "unsure": statuses["unsure"] / n,
             "rejected (either)": (statuses["out_of_distribution"] + statuses["unsure"]) / n,
         }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    emit(report, args.output)
 
 
 if __name__ == "__main__":

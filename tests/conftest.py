@@ -9,6 +9,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "datasets"))
 
+import contextlib  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -81,3 +82,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(demo, **launch_args):
+    """Serve a gr.Blocks on a free loopback port (queued, uploads up to 25 MB) and yield a gradio_client for it."""
+    from gradio_client import Client
+
+    demo = demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            show_error=True, max_file_size="25mb", **launch_args)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()

@@ -4,11 +4,11 @@ import io
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import serving
 
 WBC_CLASSES = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
 
@@ -17,13 +17,8 @@ WBC_CLASSES = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mo
 def client():
     from app import create_app
 
-    app = create_app().queue(default_concurrency_limit=2)
-    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                           show_error=True, max_file_size="25mb")
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        app.close()
+    with serving(create_app()) as client:
+        yield client
 
 
 def _cell_image(path, seed=0):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import free_port
+from tests.conftest import serving
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "spaces" / "examples" / "skin"
 PAD_NAMES = {"Actinic keratosis", "Basal cell carcinoma", "Melanoma", "Nevus", "Squamous cell carcinoma",
@@ -27,13 +27,8 @@ def client():
     # test_an_out_of_distribution_image_is_not_used checks the shipped behaviour.
     skin = load_classifier("magic-suite/skin-classifier")
     skin.ood = None
-    demo = create_demo(DiagnosisPipeline(skin, load_narrative_classifier())).queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            show_error=True, max_file_size="25mb")
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with serving(create_demo(DiagnosisPipeline(skin, load_narrative_classifier()))) as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from magic.hub import WEIGHTS_DIR
-from tests.conftest import free_port
+from tests.conftest import serving
 
 EMBEDDED = WEIGHTS_DIR / "checklist-evaluator"
 
@@ -17,13 +17,8 @@ def client():
     assert (EMBEDDED / "config.json").is_file(), "weights/checklist-evaluator is missing"
     from spaces.evaluate import create_demo
 
-    demo = create_demo().queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            show_error=True, max_file_size="25mb")
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with serving(create_demo()) as client:
+        yield client
 
 
 def _cell(path, kind="eosinophil"):

@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 
 ENDPOINTS = ["/classify_wbc", "/classify_skin"]
 SKIN_EXAMPLES = Path(__file__).resolve().parent.parent / "spaces" / "examples" / "skin"
@@ -25,13 +25,8 @@ SKIN_EXAMPLES = Path(__file__).resolve().parent.parent / "spaces" / "examples" /
 def client():
     from app import create_app
 
-    app = create_app().queue(default_concurrency_limit=2)
-    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                           show_error=True, max_file_size="25mb")
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        app.close()
+    with serving(create_app()) as client:
+        yield client
 
 
 def png_claiming_size(width: int, height: int) -> bytes:
