@@ -47,16 +47,24 @@ def test_a_person_uploads_an_image_and_sees_prediction_and_checklist(app_url, pa
                                                                        checklist_title):
     from playwright.sync_api import expect
 
-    page.goto(app_url)
-    page.get_by_role("tab", name=tab).click()
-    panel = page.get_by_role("tabpanel")
-    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
-    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / example))
+    panel = _open_tab(page, app_url, tab, example)
     panel.get_by_role("button", name="Classify").click()
     expect(panel.get_by_text("Expert checklist").first).to_be_visible(timeout=60_000)
     expect(panel.get_by_text(checklist_title).first).to_be_visible()
     expect(panel.get_by_text("Where the model looked (Grad-CAM)").first).to_be_visible()
     _screenshot(page, tmp_path, example.split("/")[0])
+
+
+def _open_tab(page, app_url: str, tab: str, example: str):
+    """Open the app, switch to ``tab``, check its notice and upload ``example``; returns the tab's panel."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_role("tab", name=tab).click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
+    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / example))
+    return panel
 
 
 def _screenshot(page, tmp_path, name: str) -> None:
@@ -70,11 +78,7 @@ def _screenshot(page, tmp_path, name: str) -> None:
 def test_a_person_checks_an_image_against_a_checklist(app_url, page, tmp_path):
     from playwright.sync_api import expect
 
-    page.goto(app_url)
-    page.get_by_role("tab", name="Evaluate").click()
-    panel = page.get_by_role("tabpanel")
-    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
-    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "wbc/drawn_lymphocyte.png"))
+    panel = _open_tab(page, app_url, "Evaluate", "wbc/drawn_lymphocyte.png")
     panel.get_by_role("button", name="Evaluate").click()
     expect(panel.get_by_text("criteria met").first).to_be_visible(timeout=60_000)
     expect(panel.get_by_text(re.compile("✅ pass|❌ fail")).first).to_be_visible()  # one row per checklist item
@@ -84,11 +88,7 @@ def test_a_person_checks_an_image_against_a_checklist(app_url, page, tmp_path):
 def test_a_person_describes_a_lesion_and_gets_a_ranked_diagnosis(app_url, page, tmp_path):
     from playwright.sync_api import expect
 
-    page.goto(app_url)
-    page.get_by_role("tab", name="Diagnose").click()
-    panel = page.get_by_role("tabpanel")
-    expect(panel.get_by_text("Research demo, not a medical device").first).to_be_visible(timeout=30_000)
-    panel.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "skin/drawn_melanoma.png"))
+    panel = _open_tab(page, app_url, "Diagnose", "skin/drawn_melanoma.png")
     panel.get_by_role("textbox").first.fill("I am 70. The spot on my back grew and it bleeds; it does not itch.")
     panel.get_by_role("button", name="Diagnose").click()
     expect(panel.get_by_text("Narrative evidence understood").first).to_be_visible(timeout=60_000)

@@ -189,14 +189,15 @@ class DiagnosisPipeline:
         image_probabilities: dict[str, float] = {}
         image_status = "none"
         if image is not None:
-            verdict = self.image_classifier.assess([image], top_k=1)[0]
+            labels = list(self.image_classifier.label_names)
+            verdict = self.image_classifier.assess([image], top_k=len(labels))[0]  # one pass: status + every class
             image_status = verdict.status
             if verdict.status == "out_of_distribution":  # not a dermatoscopic image: it is no evidence
                 clean.notes.append(f"The image was not used: {verdict.reason}")
                 image = None
         if image is not None:
-            labels = list(self.image_classifier.label_names)
-            p_img = self.image_classifier.predict_proba([image])[0]
+            ranked_image = dict(zip(verdict.prediction.labels, verdict.prediction.probabilities))
+            p_img = np.array([ranked_image[label] for label in labels])
             image_probabilities = {label: float(p) for label, p in zip(labels, p_img)}
             options = options_from_image(p_img, labels, self.top_k)
             q = image_scores(p_img, labels)
