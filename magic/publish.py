@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, metadata_load
@@ -124,7 +126,33 @@ def publish(
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=artifact_dir, repo_type=repo_type, revision=revision,
-                             commit_message=commit_message or f"Publish {Path(artifact_dir).name} with magic",
-                             ignore_patterns=list(JUNK_PATTERNS))
+    with _complete_folder(artifact_dir) as folder:
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision,
+                                 commit_message=commit_message or f"Publish {Path(artifact_dir).name} with magic",
+                                 ignore_patterns=list(JUNK_PATTERNS))
     return info.commit_url
+
+
+@contextlib.contextmanager
+def _complete_folder(artifact_dir: str | os.PathLike):
+    """The folder to upload: ``artifact_dir`` itself, or, for an embedded pipeline that leaves its text encoder to
+    a wheel, a temporary complete copy (so ``StableDiffusionPipeline.from_pretrained(REPO)`` works anywhere)."""
+    folder = Path(artifact_dir)
+    if not (folder / "model_index.json").is_file() or (folder / "text_encoder").is_dir():
+        yield folder
+        return
+    from .generation.generator import export_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="magic-publish-") as staging:
+        yield export_pipeline(folder, Path(staging) / folder.name, dtype=_weights_dtype(folder),
+                              include_text_encoder=True)
+
+
+def _weights_dtype(folder: Path):
+    """The dtype the pipeline's UNet is stored in (kept when the folder is completed for upload)."""
+    import torch
+    from safetensors import safe_open
+
+    weights = next((folder / "unet").glob("*.safetensors"))
+    with safe_open(str(weights), "pt") as handle:
+        return handle.get_tensor(next(iter(handle.keys()))).dtype if handle.keys() else torch.float32

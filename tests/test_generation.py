@@ -190,3 +190,25 @@ def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise():
     loss = PerceptualLoss()
     a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     assert float(loss(a, a)) == 0.0 and float(loss(a, b)) > 0.0
+
+
+def test_export_without_text_encoder_uses_the_wheels_minilm_and_gives_identical_images(tmp_path):
+    import torch
+
+    from magic.generation import GeneratorInfo
+    from magic.generation.generator import export_pipeline
+
+    sizes = TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                         max_prompt_tokens=16)  # the real MiniLM text encoder
+    build_pipeline(sizes).save_pretrained(tmp_path / "run")
+    GeneratorInfo(label_names=["ig"], prompt_template="a {name} cell", max_prompt_tokens=16).save(tmp_path / "run")
+    exported = export_pipeline(tmp_path / "run", tmp_path / "embedded", dtype=torch.float32,
+                               include_text_encoder=False)
+    assert not (exported / "text_encoder").exists()
+    assert GeneratorInfo.load(exported).text_encoder == "packaged:minilm"
+    small = export_pipeline(tmp_path / "run", tmp_path / "fp16", include_text_encoder=False)
+    unet_bytes = sum(p.stat().st_size for p in (small / "unet").glob("*.safetensors"))
+    assert unet_bytes < 0.6 * sum(p.stat().st_size for p in (exported / "unet").glob("*.safetensors"))
+    original, embedded = Generator.from_pretrained(tmp_path / "run"), Generator.from_pretrained(exported)
+    assert embedded.info.label_names == ["ig"]
+    assert _same(original.text_to_image("a ig cell", FAST), embedded.text_to_image("a ig cell", FAST))

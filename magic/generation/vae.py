@@ -6,8 +6,11 @@ compares multi-scale ImageNet feature maps of input and reconstruction so textur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -28,6 +31,12 @@ class VAETrainConfig:
     lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate."})
     kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term."})
     perceptual_weight: float = field(default=0.5, metadata={"help": "Weight of the feature-map term (0: off)."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps before the cosine decay."})
+    decoder_only: bool = field(default=False, metadata={
+        "help": "Train only the decoder (the encoder and so the latent space stay fixed): improves the images of "
+                "an already trained pipeline without retraining its UNet, as SD's fine-tuned decoders do."})
+    mixed_precision: bool = field(default=True, metadata={
+        "help": "bfloat16 autocast (on GPU, and on CPUs with native bfloat16; about 3x faster there)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and noise."})
 
     def to_dict(self) -> dict:
@@ -56,7 +65,36 @@ class PerceptualLoss(torch.nn.Module):
         return loss
 
 
-def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig) -> list[dict]:
+def autocast_enabled(device: torch.device, wanted: bool) -> bool:
+    """bfloat16 autocast only where it is fast: CUDA, or a CPU with native bfloat16 instructions."""
+    if not wanted:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def warmup_cosine(steps: int, warmup_steps: int):
+    """Learning-rate multiplier: linear warmup, then cosine decay to zero at ``steps``."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / max(1, warmup_steps))
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+    return factor
+
+
+def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig,
+              log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``vae`` in place on ``images`` (resized to its sample size); returns the loss history."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -67,24 +105,38 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
                                     transforms.RandomVerticalFlip(), transforms.ToTensor(),
                                     transforms.Normalize([0.5], [0.5])])
     perceptual = PerceptualLoss().to(device) if config.perceptual_weight > 0 else None
-    vae.requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=1e-4)
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv] if config.decoder_only else [vae]
+    for module in trained:
+        module.requires_grad_(True)
+    vae.train()
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_steps))
+    use_amp = autocast_enabled(device, config.mixed_precision)
     history = []
     for step in tqdm(range(config.steps), desc="train vae", unit="step"):
         batch = rng.choice(len(images), size=config.batch_size, replace=len(images) < config.batch_size)
         pixels = torch.stack([to_pixels(images[i].convert("RGB")) for i in batch]).to(device)
-        posterior = vae.encode(pixels).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        l1 = F.l1_loss(reconstruction, pixels)
-        kl = posterior.kl().mean() / pixels[0].numel()
-        loss = l1 + config.kl_weight * kl
-        if perceptual is not None:
-            loss = loss + config.perceptual_weight * perceptual(reconstruction, pixels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.set_grad_enabled(not config.decoder_only):
+                posterior = vae.encode(pixels).latent_dist
+            reconstruction = vae.decode(posterior.sample()).sample.float()
+            l1 = F.l1_loss(reconstruction, pixels)
+            loss = l1
+            if not config.decoder_only:
+                loss = loss + config.kl_weight * posterior.kl().float().mean() / pixels[0].numel()
+            if perceptual is not None:
+                loss = loss + config.perceptual_weight * perceptual(reconstruction, pixels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        history.append({"step": step + 1, "loss": float(loss), "l1": float(l1)})
+        schedule.step()
+        record = {"step": step + 1, "loss": loss.item(), "l1": l1.item()}
+        history.append(record)
+        if log is not None and (step + 1) % 100 == 0:
+            log(record)
     vae.requires_grad_(False).eval()
     return history
 
