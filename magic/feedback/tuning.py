@@ -1,0 +1,195 @@
+"""Fine-tune a generator's LoRA on evaluator feedback: DPO on preference pairs, or reward-weighted training (RFT).
+
+**DPO** follows Diffusion-DPO (Wallace et al. 2023), the offline form of D3PO's objective that MAGIC uses: for a
+pair (winner ``w``, loser ``l``) of images of one prompt, both are noised with the same noise and timestep and
+
+    loss = -log sigmoid( -beta/2 * [ (e_w - e_w^ref) - (e_l - e_l^ref) ] )
+
+where ``e`` is the LoRA model's denoising error and ``e^ref`` that of the same UNet with the LoRA switched off (the
+frozen reference). It needs only the images and who won, so pairs written by hand by an expert train the same way.
+Pairs that MAGIC's rules mark *both win* add a plain denoising loss on both images (weight ``sft_weight``): they are
+good examples to imitate but give no direction between them. *Both lose* pairs carry no usable signal and are
+skipped (counted in the history).
+
+**RFT** (reward-weighted fine-tuning): every judged image is a training example whose denoising loss is weighted
+by ``exp((r - mean r) / temperature)`` (normalised to mean 1 in each batch), where the reward ``r`` is the share of
+checklist items met (the evaluator's 0/1 labels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from PIL import Image
+from torchvision import transforms
+
+from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, PreferencePair
+from ..generation.adapters import add_lora
+from ..generation.vae import autocast_enabled, warmup_cosine
+
+METHODS = ("dpo", "rft")
+
+
+@dataclass
+class FeedbackTrainConfig:
+    """Settings of one fine-tuning step of the feedback loop."""
+
+    method: str = field(default="dpo", metadata={"help": "dpo (preference pairs) or rft (reward-weighted)."})
+    steps: int = field(default=60, metadata={"help": "Optimiser steps per round."})
+    batch_size: int = field(default=16, metadata={
+        "help": "Pairs (dpo) or images (rft) per step, drawn with replacement when there are fewer."})
+    lr: float = field(default=2e-4, metadata={"help": "Peak LoRA learning rate (AdamW)."})
+    warmup_steps: int = field(default=5, metadata={"help": "Linear warmup steps."})
+    beta: float = field(default=1000.0, metadata={
+        "help": "DPO strength: how far the LoRA may move from the reference to separate winners from losers."})
+    sft_weight: float = field(default=0.5, metadata={"help": "Weight of the denoising loss on 'both win' pairs."})
+    temperature: float = field(default=0.2, metadata={"help": "RFT: softmax temperature of the reward weights."})
+    lora_rank: int = field(default=16, metadata={"help": "Rank of the LoRA added when the pipeline has none."})
+    seed: int = field(default=0, metadata={"help": "Seed for batches, noise and timesteps."})
+    mixed_precision: bool = field(default=True, metadata={"help": "bfloat16 autocast where it is fast."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    """One judged image for fine-tuning: the image, the prompt it answers and its reward in [0, 1]."""
+
+    image: Image.Image
+    prompt: str
+    reward: float = 1.0
+
+
+def _encode(pipeline: StableDiffusionPipeline, images: Sequence[Image.Image]) -> torch.Tensor:
+    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    to_pixels = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                                    transforms.Normalize([0.5], [0.5])])
+    pixels = torch.stack([to_pixels(image.convert("RGB")) for image in images]).to(pipeline.device,
+                                                                                   pipeline.vae.dtype)
+    with torch.no_grad():
+        return pipeline.vae.encode(pixels).latent_dist.mode().float() * pipeline.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def _prompt_states(pipeline: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+    tokens = pipeline.tokenizer(list(prompts), padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").to(pipeline.device)
+    return pipeline.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+
+
+def _denoising_error(unet, noisy, timesteps, states, target, use_amp: bool) -> torch.Tensor:
+    with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        predicted = unet(noisy, timesteps, encoder_hidden_states=states).sample
+    return F.mse_loss(predicted.float(), target, reduction="none").mean(dim=(1, 2, 3))
+
+
+def ensure_lora(pipeline: StableDiffusionPipeline, rank: int = 16) -> list[torch.nn.Parameter]:
+    """The pipeline's trainable LoRA parameters, adding a LoRA first if it has none."""
+    if not getattr(pipeline.unet, "peft_config", None):
+        add_lora(pipeline, rank=rank)
+    params = [p for name, p in pipeline.unet.named_parameters() if "lora_" in name]
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+def train_on_feedback(
+    pipeline: StableDiffusionPipeline,
+    config: FeedbackTrainConfig,
+    pairs: Sequence[tuple[PreferencePair, Image.Image, Image.Image]] = (),
+    examples: Sequence[Example] = (),
+    log: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train the pipeline's LoRA in place; ``pairs`` (with their two images) for DPO, ``examples`` for RFT.
+
+    Returns one record per step (loss, and for DPO the share of pairs the model already ranks right).
+    """
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    device = pipeline.device
+    use_amp = autocast_enabled(device, config.mixed_precision)
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    if config.method == "dpo":
+        ranked = [(pair.prompt, a, b) if pair.win_a else (pair.prompt, b, a)
+                  for pair, a, b in pairs if pair.win_a != pair.win_b]
+        imitate = [Example(image, pair.prompt) for pair, a, b in pairs if pair.rule == BOTH_WIN for image in (a, b)]
+        skipped = sum(pair.rule == BOTH_LOSE for pair, _, _ in pairs)
+        if not ranked and not imitate:
+            raise ValueError(f"No pair has a winner ({len(pairs)} pairs, {skipped} 'both lose'): nothing to learn "
+                             "from. Generate more images per round or use method='rft'.")
+    else:
+        if not examples:
+            raise ValueError("RFT needs judged examples (image, prompt, reward).")
+        ranked, imitate, skipped = [], list(examples), 0
+    params = ensure_lora(pipeline, config.lora_rank)
+    pipeline.vae.requires_grad_(False)
+    pipeline.text_encoder.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_steps))
+    pipeline.unet.train()
+    history = []
+    for step in range(config.steps):
+        loss = torch.zeros((), device=device)
+        record: dict = {"step": step + 1, "pairs": len(ranked), "imitate": len(imitate), "both_lose": skipped}
+        if ranked:
+            chosen = [ranked[i] for i in rng.choice(len(ranked), size=config.batch_size,
+                                                    replace=len(ranked) < config.batch_size)]
+            prompts = [prompt for prompt, _, _ in chosen]
+            latents = _encode(pipeline, [w for _, w, _ in chosen] + [lo for _, _, lo in chosen])
+            noise = torch.randn_like(latents[: len(chosen)]).repeat(2, 1, 1, 1)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chosen),), device=device).repeat(2)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            states = _prompt_states(pipeline, prompts * 2)
+            model_error = _denoising_error(pipeline.unet, noisy, timesteps, states, noise, use_amp)
+            with torch.no_grad():
+                pipeline.unet.disable_adapters()
+                try:
+                    reference_error = _denoising_error(pipeline.unet, noisy, timesteps, states, noise, use_amp)
+                finally:
+                    pipeline.unet.enable_adapters()
+            won, lost = (model_error - reference_error).chunk(2)
+            inside = -0.5 * config.beta * (won - lost)
+            loss = loss - F.logsigmoid(inside).mean()
+            record["ranked_right"] = float((inside > 0).float().mean())
+        if imitate:
+            weight = 1.0 if config.method == "rft" else config.sft_weight
+            chosen = [imitate[i] for i in rng.choice(len(imitate), size=config.batch_size,
+                                                     replace=len(imitate) < config.batch_size)]
+            latents = _encode(pipeline, [example.image for example in chosen])
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chosen),), device=device)
+            error = _denoising_error(pipeline.unet, scheduler.add_noise(latents, noise, timesteps), timesteps,
+                                     _prompt_states(pipeline, [example.prompt for example in chosen]), noise, use_amp)
+            if config.method == "rft":
+                rewards = torch.tensor([example.reward for example in chosen], device=device)
+                weights = torch.softmax((rewards - rewards.mean()) / config.temperature, dim=0) * len(chosen)
+                error = error * weights
+            loss = loss + weight * error.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        record["loss"] = loss.item()
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"Feedback training diverged at step {step + 1}; lower lr or beta.")
+        history.append(record)
+        if log is not None:
+            log(record)
+    pipeline.unet.eval()
+    for param in params:
+        param.requires_grad_(False)
+    return history
