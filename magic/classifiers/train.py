@@ -6,7 +6,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import datasets
@@ -81,11 +81,14 @@ def train_classifier(
     train_dataset: datasets.Dataset,
     val_dataset: datasets.Dataset | None = None,
     log: Callable[[dict], None] | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> ImageClassifier:
     """Train a new classifier on ``train_dataset`` and calibrate it on ``val_dataset`` when given.
 
     With a validation split, the weights of the epoch with the best validation macro-F1 are kept and a softmax
-    temperature is fitted on validation logits. ``log`` receives one dict per epoch.
+    temperature is fitted on validation logits. ``log`` receives one dict per epoch. ``sample_weights`` (one
+    non-negative weight per training image) draws each epoch's ``len(train_dataset)`` images with replacement in
+    proportion to the weights, in place of ``config.balance``'s sampler (a ``loss`` balance still applies).
     """
     random.seed(config.seed)  # timm's crop/flip transforms draw from Python's random
     np.random.seed(config.seed)
@@ -98,7 +101,15 @@ def train_classifier(
     counts = _class_counts(labels, len(names))
     data = TorchImageDataset(train_dataset, train_transform(classifier.preprocess, config.augment))
     generator = torch.Generator().manual_seed(config.seed)
-    if config.balance in ("sampler", "sqrt-sampler"):
+    if sample_weights is not None:
+        draw = np.asarray(sample_weights, dtype=np.float64)
+        if draw.shape != (len(labels),) or not np.isfinite(draw).all() or (draw < 0).any() or draw.sum() <= 0:
+            raise ValueError(f"sample_weights needs one finite, non-negative weight per training image "
+                             f"({len(labels)}), not all zero; got shape {draw.shape}.")
+        sampler = torch.utils.data.WeightedRandomSampler(draw.tolist(), len(labels), replacement=True,
+                                                         generator=generator)
+        loader_kwargs = {"sampler": sampler}
+    elif config.balance in ("sampler", "sqrt-sampler"):
         weights = np.maximum(counts, 1) ** (-1.0 if config.balance == "sampler" else -0.5)
         sampler = torch.utils.data.WeightedRandomSampler(weights[np.asarray(labels)].tolist(), len(labels),
                                                          replacement=True, generator=generator)

@@ -1,0 +1,104 @@
+"""Synthetic images for the experiment: read a generated dataset, or sample a generator once into a cache."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import datasets
+
+from ..data.datasets import load_image_dataset
+from .config import ConfigError, SyntheticSource
+from .mixing import tag
+
+CACHE_SPEC = "source.json"
+
+
+def _prompt_template(source: SyntheticSource, names: list[str]) -> str:
+    from ..generation.generator import GeneratorInfo
+    from ..hub import resolve_model
+
+    info = GeneratorInfo.load(resolve_model(source.generator))
+    if info is not None and info.label_names:
+        missing = sorted(set(names) - set(info.label_names))
+        if missing:
+            raise ConfigError(f"Synthetic source {source.name!r}: the generator {source.generator} was not trained on "
+                              f"the classes {missing} (it knows {info.label_names}).")
+    template = source.prompt_template or (info.prompt_template if info is not None else "")
+    if "{name}" not in template:
+        raise ConfigError(f"Synthetic source {source.name!r}: {source.generator} has no magic_generator.json prompt "
+                          "form; set prompt_template (with {name}) in the source.")
+    return template
+
+
+def generated_pool(source: SyntheticSource, names: list[str], per_class: int, cache: Path) -> tuple[
+        datasets.Dataset, dict]:
+    """``per_class`` text-to-image images of every class from ``source``'s generator, tagged and in job order
+    (class by class, image 0 first), generated only where ``cache`` lacks them. Returns the pool and facts about
+    the generation (images made by this call, seconds)."""
+    from ..generation.dataset import completed_jobs, count_plan, generate_dataset
+
+    if source.lora and not Path(source.lora).is_dir():
+        raise FileNotFoundError(f"Synthetic source {source.name!r}: LoRA folder {source.lora} does not exist. Make it "
+                                "first, e.g. `python -m magic feedback-loop ... --output runs/feedback` writes "
+                                "runs/feedback/lora.")
+    template = _prompt_template(source, names)
+    spec = {**source.cache_key(), "prompt_template": template, "classes": names}
+    cache.mkdir(parents=True, exist_ok=True)
+    spec_path = cache / CACHE_SPEC
+    if spec_path.is_file():
+        cached = json.loads(spec_path.read_text())
+        if cached != spec:
+            raise ConfigError(f"The image cache {cache} was made with other settings ({cached}) than source "
+                              f"{source.name!r} now has ({spec}); delete the folder or use a new --output.")
+    else:
+        spec_path.write_text(json.dumps(spec, indent=1) + "\n")
+    jobs = count_plan(names, per_class, template, seed=source.seed)
+    todo = [job for job in jobs if job.job_id not in completed_jobs(cache)]
+    made, started = 0, time.time()
+    if todo:
+        from ..generation import GenerationSettings, Generator
+        from ..generation.adapters import load_lora
+
+        generator = Generator.from_pretrained(source.generator,
+                                              device=None if source.device == "auto" else source.device)
+        if source.lora:
+            load_lora(generator.pipeline, source.lora)
+        settings = GenerationSettings(steps=source.steps, guidance=source.guidance, seed=source.seed)
+        made = generate_dataset(generator, jobs, cache, names, settings, lora=source.lora)
+        del generator
+        gc.collect()
+        _empty_cuda_cache()
+    pool = _read_shards(sorted((cache / "data").glob("train-*.parquet")))
+    row_of = {job_id: row for row, job_id in enumerate(pool["job_id"])}
+    pool = pool.select([row_of[job.job_id] for job in jobs])
+    return tag(pool, f"synthetic:{source.name}", names), {"generated": made, "generation_s": time.time() - started,
+                                                          "cache": str(cache), "prompt_template": template}
+
+
+def _read_shards(shards: list[Path]) -> datasets.Dataset:
+    """The rows of parquet shards as one in-memory dataset (no datasets cache, so a grown cache is never stale)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.table import InMemoryTable
+
+    return datasets.Dataset(InMemoryTable(pa.concat_tables([pq.read_table(shard) for shard in shards])))
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def source_pool(source: SyntheticSource, names: list[str], per_class: int, output_dir: Path) -> tuple[
+        datasets.Dataset, dict]:
+    """The tagged pool of synthetic images of ``source`` with at least ``per_class`` images of every class
+    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``), and facts about how it was made."""
+    if source.dataset:
+        pool = tag(load_image_dataset(source.dataset, split=source.split), f"synthetic:{source.name}", names)
+        return pool, {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
+    return generated_pool(source, names, per_class, Path(output_dir) / "synthetic" / source.name)

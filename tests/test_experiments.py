@@ -1,0 +1,277 @@
+"""The augmentation experiment harness in fast mode on tiny data built in code: its bookkeeping, not its numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from magic.classifiers import TrainConfig, train_classifier
+from magic.data import load_image_dataset
+from magic.experiments import ConfigError, config_from_dict, load_config, mixing_weights, plan_runs
+from magic.experiments import augment as augment_module
+from magic.experiments.augment import run_augment_experiment
+from magic.experiments.config import SyntheticSource
+from magic.experiments.mixing import INDEX_COLUMN, ORIGIN_COLUMN, extra_real, real_subset
+from magic.experiments.synthetic import source_pool
+from magic.generation import GenerationSettings, Generator, GeneratorInfo, TinySDConfig, build_pipeline
+from tests.conftest import TINY_CLASSES, make_image_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "experiments" / "fast.yaml"
+TINY_SD = TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                       text_encoder="random-tiny", max_prompt_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding what fast.yaml names: tiny/real, tiny/generator and tiny/synthetic."""
+    folder = tmp_path_factory.mktemp("experiment")
+    make_image_dataset(folder / "tiny" / "real")
+    build_pipeline(TINY_SD).save_pretrained(folder / "tiny" / "generator", safe_serialization=True)
+    GeneratorInfo(label_names=list(TINY_CLASSES), prompt_template="a {name} shape").save(folder / "tiny" / "generator")
+    # a "generated" dataset whose class order differs from the real data's: labels must be mapped by name
+    make_image_dataset(folder / "tiny" / "synthetic", counts={"train": [5, 5, 5]}, names=TINY_CLASSES[::-1], seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fast_run(workspace):
+    """One fast in-process run of fast.yaml, with every train/evaluate call recorded."""
+    calls = {"train": [], "evaluate": []}
+    train, evaluate = augment_module.train_classifier, augment_module.evaluate_classifier
+
+    def spy_train(config, train_dataset, val_dataset=None, log=None, sample_weights=None):
+        calls["train"].append({"train": train_dataset, "val": val_dataset, "weights": sample_weights,
+                               "config": config})
+        return train(config, train_dataset, val_dataset, log=log, sample_weights=sample_weights)
+
+    def spy_evaluate(classifier, dataset, **kwargs):
+        calls["evaluate"].append(dataset)
+        return evaluate(classifier, dataset, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.chdir(workspace):
+        patch.setattr(augment_module, "train_classifier", spy_train)
+        patch.setattr(augment_module, "evaluate_classifier", spy_evaluate)
+        report = run_augment_experiment(CONFIG, workspace / "out", fast=True)
+    return report, calls
+
+
+def _real(workspace):
+    return load_image_dataset(workspace / "tiny" / "real")
+
+
+def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspace):
+    report, _ = fast_run
+    plan = plan_runs(load_config(CONFIG).with_fast_caps())
+    ids = [run["run_id"] for run in report["runs"]]
+    assert len(ids) == len(set(ids)) == len(plan) == 10
+    assert ids == [run.run_id for run in plan]
+    assert {run.kind for run in plan} == {"real-only", "synthetic", "extra-real", "classic-augmentation"}
+    for run in report["runs"]:
+        assert 0.0 <= run["test"]["accuracy"] <= 1.0 and 0.0 <= run["test"]["macro_f1"] <= 1.0
+        assert run["wall_s"] > 0 and run["device"] == "cpu" and run["threads"] >= 1
+        assert run["steps"] <= 3  # the fast cap
+    out = workspace / "out"
+    assert sorted(path.stem for path in (out / "runs").glob("*.json")) == sorted(ids)
+    assert json.loads((out / "report.json").read_text())["runs"] == report["runs"]
+    assert report["ran"] == 10 and report["skipped"] == 0 and report["wall_s"] > 0
+    markdown = (out / "report.md").read_text()
+    for text in ("| tiny | real-only |", "| tiny | +untuned | 4 | 0.5 | 2 |", "+extra-real", "classic-augmentation",
+                 "27.3", "78.4", "61.8", "76.8", "29.3", "25.6", "31.5", "38.3", "13.89",
+                 "CytoDiff's released splits put synthetic images in the test folds", "every test set is real only"):
+        assert text in markdown
+    with Image.open(out / "macro_f1_vs_synthetic.png") as plot:
+        assert plot.size[0] > 100
+
+
+def test_mean_and_std_are_computed_from_the_per_seed_numbers(fast_run):
+    report, _ = fast_run
+    assert len(report["conditions"]) == 5
+    for row in report["conditions"]:
+        members = [run for run in report["runs"] if run["condition"] == row["condition"]
+                   and run["per_class"] == row["per_class"] and run["share"] == row["share"]]
+        assert [run["seed"] for run in members] == row["seeds"] == [0, 1]
+        for metric in ("accuracy", "macro_f1"):
+            values = [run["test"][metric] for run in members]
+            assert row[metric]["values"] == values
+            assert row[metric]["mean"] == pytest.approx(statistics.fmean(values))
+            assert row[metric]["std"] == pytest.approx(statistics.stdev(values))
+    base = next(row for row in report["conditions"] if row["kind"] == "real-only")
+    for row in report["conditions"]:
+        assert row["delta_macro_f1"] == pytest.approx(row["macro_f1"]["mean"] - base["macro_f1"]["mean"])
+
+
+def test_metrics_come_from_the_real_test_split_and_synthetic_images_only_enter_training(fast_run, workspace):
+    report, calls = fast_run
+    real = _real(workspace)
+    assert len(calls["evaluate"]) == len(calls["train"]) == 10
+    for dataset in calls["evaluate"]:
+        assert dataset._fingerprint == real["test"]._fingerprint and len(dataset) == 18
+        assert ORIGIN_COLUMN not in dataset.column_names
+    for call in calls["train"]:
+        assert call["val"]._fingerprint == real["validation"]._fingerprint
+        assert ORIGIN_COLUMN not in call["val"].column_names
+    assert all(run["test"]["n"] == len(real["test"]) == report["test_size"] for run in report["runs"])
+    origins = {origin for call in calls["train"] for origin in call["train"][ORIGIN_COLUMN]}
+    assert origins == {"real", "extra-real", "synthetic:untuned", "synthetic:pregenerated"}
+    for run, call in zip(report["runs"], calls["train"]):
+        assert run["train_images"]["total"] == len(call["train"])
+        if run["kind"] == "synthetic":
+            assert run["train_images"]["added"] == 4 * len(TINY_CLASSES)
+            assert run["added_per_class"] == {name: 4 for name in TINY_CLASSES}
+        if run["source"] == "pregenerated":  # its class order is reversed: labels are mapped by class name
+            own = load_image_dataset(workspace / "tiny" / "synthetic", split="train")
+            rows = [row for row in call["train"] if row[ORIGIN_COLUMN] == "synthetic:pregenerated"]
+            assert [TINY_CLASSES[row["label"]] for row in rows] == \
+                [TINY_CLASSES[::-1][own[row[INDEX_COLUMN]]["label"]] for row in rows]
+
+
+def test_rho_weights_give_the_requested_share(fast_run):
+    report, calls = fast_run
+    labels = [0, 0, 0, 1, 2, 2, 0, 1, 2, 2]
+    added = [False] * 6 + [True] * 4
+    weights = mixing_weights(labels, added, share=0.2, exponent=-1.0)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[6:].sum() == pytest.approx(0.2)
+    # class balance within each part: every class of the real part draws (1 - rho) / 3, of the added part rho / 3
+    assert [weights[:6][np.asarray(labels[:6]) == c].sum() for c in range(3)] == pytest.approx([0.8 / 3] * 3)
+    assert [weights[6:][np.asarray(labels[6:]) == c].sum() for c in range(3)] == pytest.approx([0.2 / 3] * 3)
+    uniform = mixing_weights(labels, added, share=0.5)
+    assert np.allclose(uniform[:6], 0.5 / 6) and np.allclose(uniform[6:], 0.5 / 4)
+    draws = torch.multinomial(torch.tensor(weights), 20000, replacement=True,
+                              generator=torch.Generator().manual_seed(0))
+    assert (draws >= 6).float().mean().item() == pytest.approx(0.2, abs=0.02)
+    with pytest.raises(ValueError, match="share"):
+        mixing_weights(labels, added, share=1.0)
+    with pytest.raises(ValueError, match="one finite, non-negative weight per training image"):
+        train_classifier(TrainConfig(architecture="test_efficientnet", pretrained=False, image_size=32,
+                                     num_workers=0, device="cpu"), calls["train"][0]["train"], sample_weights=[1.0])
+    # what the runs actually trained with
+    for run, call in zip(report["runs"], calls["train"]):
+        if run["kind"] in ("synthetic", "extra-real"):
+            origins = np.asarray(call["train"][ORIGIN_COLUMN])
+            assert np.asarray(call["weights"])[origins != "real"].sum() == pytest.approx(0.5)
+            assert run["added_share_expected"] == pytest.approx(0.5)
+        else:
+            assert call["weights"] is None
+
+
+def test_extra_real_control_adds_the_planned_disjoint_real_images(fast_run, workspace):
+    report, _ = fast_run
+    train = _real(workspace)["train"]
+    labels = np.asarray(train["label"])
+    for run in report["runs"]:
+        if run["kind"] != "extra-real":
+            continue
+        base, extra = set(run["real_rows"]), run["extra_real_rows"]
+        left = [int((labels == c).sum()) - int((labels[run["real_rows"]] == c).sum()) for c in range(3)]
+        planned = [min(run["per_class"], count) for count in left]  # 4 per class, capped by what the split has left
+        assert len(extra) == len(set(extra)) == run["train_images"]["added"] == sum(planned)
+        assert base.isdisjoint(extra) and len(base) == run["train_images"]["real"] == 12
+        assert np.bincount(labels[extra], minlength=3).tolist() == planned
+        assert list(run["added_per_class"].values()) == planned
+        same_seed = next(other for other in report["runs"] if other["kind"] == "real-only"
+                         and other["seed"] == run["seed"])
+        assert same_seed["real_rows"] == run["real_rows"]
+    # capped by what is left, and nested: a larger draw keeps the smaller one's images
+    base = real_subset(train, seed=0, imbalanced={"disc": 2, "square": 6, "cross": 1}, total=12, min_per_class=2)
+    left = [int((labels == c).sum()) - base["label"].count(c) for c in range(3)]
+    everything = extra_real(train, base, per_class=100, seed=0)
+    assert np.bincount(everything["label"], minlength=3).tolist() == left
+    assert set(extra_real(train, base, per_class=2, seed=0)[INDEX_COLUMN]) <= set(everything[INDEX_COLUMN])
+    assert set(everything[INDEX_COLUMN]).isdisjoint(base[INDEX_COLUMN])
+    shots = real_subset(train, seed=1, k=3)
+    assert np.bincount(shots["label"]).tolist() == [3, 3, 3] and set(shots[ORIGIN_COLUMN]) == {"real"}
+
+
+def test_generated_images_are_cached_and_deterministic(fast_run, workspace):
+    from magic.generation.dataset import count_plan
+
+    cache = workspace / "out" / "synthetic" / "untuned"
+    assert json.loads((cache / "source.json").read_text())["prompt_template"] == "a {name} shape"
+    pool = load_image_dataset(cache, split="train")
+    assert len(pool) == 4 * len(TINY_CLASSES)
+    generator = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+    rows = {row["job_id"]: row for row in pool}
+    for job in [count_plan(TINY_CLASSES, 4, "a {name} shape")[index] for index in (0, 5, 11)]:
+        fresh = generator.text_to_image(job.prompt, GenerationSettings(steps=2, guidance=2.0, seed=job.seed))[0]
+        assert rows[job.job_id]["seed"] == job.seed and rows[job.job_id]["label"] == TINY_CLASSES.index(job.label)
+        assert np.array_equal(np.asarray(rows[job.job_id]["image"].convert("RGB")), np.asarray(fresh))
+
+
+def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, monkeypatch):
+    out = workspace / "out"
+    stamps = {path: path.stat().st_mtime_ns for path in [*(out / "runs").glob("*.json"),
+                                                         *(out / "synthetic").rglob("*.parquet")]}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(augment_module, "train_classifier", refuse)
+    monkeypatch.setattr(Generator, "from_pretrained", refuse)
+    monkeypatch.chdir(workspace)
+    again = run_augment_experiment(CONFIG, out, fast=True)
+    assert again["ran"] == 0 and again["skipped"] == 10
+    assert again["runs"] == fast_run[0]["runs"]
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    with pytest.raises(ConfigError, match="other settings"):  # the full run must not reuse fast results
+        run_augment_experiment(CONFIG, out, fast=False)
+
+
+def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
+    import yaml
+
+    good = yaml.safe_load(CONFIG.read_text())
+    with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['seedz'\].*known keys"):
+        config_from_dict({**good, "seedz": [0]})
+    with pytest.raises(ConfigError, match=r"'archtecture'.*classifiers\[0\]"):
+        config_from_dict({**good, "classifiers": [{"name": "x", "archtecture": "resnet18"}]})
+    with pytest.raises(ConfigError, match="exactly one of `dataset`"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "both", "dataset": "a", "generator": "b"}]})
+    with pytest.raises(ConfigError, match="synthetic_share"):
+        config_from_dict({**good, "synthetic_share": [1.5]})
+    with pytest.raises(ConfigError, match="Missing key"):
+        config_from_dict({key: value for key, value in good.items() if key != "real_data"})
+    with pytest.raises(FileNotFoundError, match="feedback-loop"):
+        source_pool(SyntheticSource(name="dpo", generator="any", lora=str(tmp_path / "missing")), TINY_CLASSES, 1,
+                    tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(CONFIG.read_text() + "\ncontrols: {extra_reall: true}\n")
+    with pytest.raises(ConfigError, match=f"{path}: controls"):
+        load_config(path)
+
+
+def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "magic", "experiment", "augment", "--config", str(CONFIG),
+                           "--output", "cli-out", "--fast"], cwd=workspace, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["runs"] == summary["ran"] == 10 and summary["fast"] is True
+    assert len(summary["conditions"]) == 5
+    out = workspace / "cli-out"
+    assert (out / "report.md").is_file() and (out / "macro_f1_vs_synthetic.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert all(run["test"]["n"] == 18 for run in report["runs"])
+    # the same config generates the same images in another output folder (up to float rounding: this process and
+    # the CLI may run torch with different thread counts)
+    ours, theirs = (load_image_dataset(folder / "synthetic" / "untuned", split="train") for folder in
+                    (workspace / "out", out))
+    assert len(ours) == len(theirs) and list(ours["label"]) == list(theirs["label"])
+    for a, b in zip(ours, theirs):
+        difference = np.abs(np.asarray(a["image"], dtype=np.int16) - np.asarray(b["image"], dtype=np.int16))
+        assert difference.max() <= 2, difference.max()
+    bad = subprocess.run([sys.executable, "-m", "magic", "experiment", "augment", "--config", str(CONFIG),
+                          "--output", "cli-out"], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "other settings" in bad.stderr
