@@ -10,14 +10,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from spaces import diagnose, evaluate, skin, wbc  # noqa: E402
-from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, NOTICE  # noqa: E402
-
-#: Tabs still to come, with the capability each will hold.
-UPCOMING_TABS = {
-    "Generate": "Text-to-image and image-to-image synthesis of medical images, with the evaluator feedback loop "
-                "(the tab is built and tested, spaces/generate.py; it joins the app with the embedded generator).",
-}
+from spaces import diagnose, evaluate, generate, skin, wbc  # noqa: E402
+from spaces.common import DELETE_CACHE, MAX_FILE_SIZE  # noqa: E402
 
 
 def create_app() -> gr.Blocks:
@@ -32,9 +26,8 @@ def create_app() -> gr.Blocks:
             evaluate.create_demo()
         with gr.Tab("Diagnose"):
             diagnose.create_demo()
-        for title, description in UPCOMING_TABS.items():
-            with gr.Tab(title):
-                gr.Markdown(f"### {title}\n{description}\n\n*Not available in this version yet.*\n\n{NOTICE}")
+        with gr.Tab("Generate"):
+            generate.create_demo()
     return app
 
 

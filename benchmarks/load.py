@@ -3,15 +3,17 @@
     python app.py &                                   # or any URL of the app on this machine
     python benchmarks/load.py --url http://127.0.0.1:7860/ --callers 8 --requests 64
 
-Each caller sends requests round-robin across the app's endpoints (both classifiers, the checklist evaluator and
-the image + narrative diagnosis) with images drawn by the project, checks every answer against the library's own
-answer for the same input (same models, same preprocessing), and records latency. Bounded: --requests in total
-and --timeout seconds at most; it stops by itself.
+Each caller sends requests round-robin across the app's endpoints (both classifiers, the checklist evaluator, the
+image + narrative diagnosis and text-to-image generation) with images drawn by the project, checks every answer
+against the library's own answer for the same input (same models, same preprocessing; the same pixels for a
+generated image), and records latency. Bounded: --requests in total and --timeout seconds at most; it stops by
+itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
 from magic.classifiers import load_classifier  # noqa: E402
 from magic.evaluation import Checklist, load_evaluator  # noqa: E402
+from magic.generation import GenerationSettings, Generator  # noqa: E402
 from magic.images import open_image  # noqa: E402
 from magic.narratives import load_narrative_classifier  # noqa: E402
 from magic.narratives.fusion import DiagnosisPipeline  # noqa: E402
@@ -73,7 +76,17 @@ def build_cases(work_dir: Path) -> list[Case]:
     top = next(iter(pipeline(open_image(path), NARRATIVE).probabilities))
     cases.append(Case("/diagnose", (handle_file(str(path)), NARRATIVE), top,
                       lambda outputs: max(outputs[2]["probabilities"], key=outputs[2]["probabilities"].get)))
+    generator = Generator.from_pretrained("magic-suite/wbc-generator")
+    for seed, kind in enumerate(["lymphocyte", "platelet"]):
+        image = generator.text_to_image(generator.info.prompt(kind), GenerationSettings(steps=10, guidance=5.0,
+                                                                                        seed=seed))[0]
+        cases.append(Case("/generate", (kind, "text-to-image", None, seed, 0.3, 5.0, 10, 1), _pixels_digest(image),
+                          lambda outputs: _pixels_digest(open_image(outputs[0]["image"]))))
     return cases
+
+
+def _pixels_digest(image) -> str:
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()[:16]
 
 
 def main() -> None:

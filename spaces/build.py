@@ -63,12 +63,17 @@ SPACES: dict[str, SpaceSpec] = {
         models=("magic-suite/skin-classifier", "magic-suite/narrative-classifier"),
         datasets=("magic-suite/ham10000", "magic-suite/pad-ufes-20-narratives"), license="cc-by-nc-4.0",
         launcher="diagnose.create_demo()"),
+    "generate": SpaceSpec(
+        title="MAGIC suite: synthetic blood cells", emoji="🧫",
+        short_description="Text-to-image and image-to-image white blood cells",
+        modules=("common", "generate"), examples=("wbc",), models=("magic-suite/wbc-generator", "magic-suite/checklist-evaluator"),
+        datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0", launcher="generate.create_demo()"),
     "suite": SpaceSpec(
         title="MAGIC suite", emoji="🧪",
         short_description="Medically accurate synthetic images and their models",
-        modules=("common", "classify", "wbc", "skin", "evaluate", "diagnose"), examples=("wbc", "skin"),
+        modules=("common", "classify", "wbc", "skin", "evaluate", "diagnose", "generate"), examples=("wbc", "skin"),
         models=("magic-suite/wbc-classifier", "magic-suite/skin-classifier", "magic-suite/checklist-evaluator",
-                "magic-suite/narrative-classifier"),
+                "magic-suite/narrative-classifier", "magic-suite/wbc-generator"),
         datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0", launcher="create_app()",
         extra_files=("app.py",)),
 }

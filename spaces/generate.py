@@ -11,29 +11,47 @@ if __package__ in (None, ""):  # run as `python spaces/generate.py`
 import math
 
 import gradio as gr
+import pandas as pd
 
 from magic.catalog import load_catalog
+from magic.evaluation import Evaluator, load_evaluator
+from magic.feedback import FeedbackLoopConfig, FeedbackTrainConfig, run_feedback_loop
 from magic.generation import GenerationSettings, Generator
 from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, UploadedImage, model_card_link, notice, read_image
 
 DEFAULT_MODEL = "magic-suite/wbc-generator"
+DEFAULT_TEMPLATE = "a microscopy image of a {name} white blood cell"
 MODES = ["text-to-image", "image-to-image"]
 MAX_IMAGES = 8
 MAX_STEPS = 100
+MAX_ROUNDS = 3
+FEEDBACK_METHODS = ("dpo", "rft")
+FEEDBACK_TRAIN_STEPS = 20  # LoRA steps per round in the tab (the CLI trains longer)
 
 
 def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODEL, catalog: str = "pbc",
-                prompt_template: str = "a microscopy image of a {name} white blood cell") -> gr.Blocks:
-    """The Generate tab for a pipeline whose prompts name the conditions of ``catalog``."""
+                prompt_template: str | None = None, evaluator: Evaluator | None = None) -> gr.Blocks:
+    """The Generate tab for a pipeline whose prompts name the conditions of ``catalog``.
+
+    The prompt form and the conditions offered come from the pipeline's ``magic_generator.json`` when it has one
+    (``prompt_template`` overrides the form).
+    """
     generator = generator or Generator.from_pretrained(model_id)
     conditions = load_catalog(catalog)
-    choices = [(condition.display_name, condition.id) for condition in conditions.conditions]
+    info = generator.info
+    prompt_template = prompt_template or (info.prompt_template if info else DEFAULT_TEMPLATE)
+    trained = set(info.label_names) if info and info.label_names else set(conditions.ids)
+    choices = [(condition.display_name, condition.id) for condition in conditions.conditions if condition.id in trained]
+    if not choices:
+        raise ValueError(f"The generator knows {sorted(trained)}, none of which is in the {catalog!r} catalog.")
+    offered = [value for _, value in choices]
+    evaluator = evaluator or load_evaluator("embedded")
 
     def generate(condition: str, mode: str, image_path: str | None, seed: float, strength: float, guidance: float,
                  steps: float, count: float, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
         """Synthetic images of ``condition``; image-to-image translates the uploaded image toward it."""
-        if condition not in conditions.ids:
-            raise gr.Error(f"condition must be one of {conditions.ids}; got {condition!r}.")
+        if condition not in offered:
+            raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
         if mode not in MODES:
             raise gr.Error(f"mode must be one of {MODES}; got {mode!r}.")
         numbers = {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count}
@@ -55,6 +73,47 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                        else generator.text_to_image(prompt, one))
         return [(image, f"{condition} · seed {settings.seed + i}") for i, image in enumerate(images)]
 
+    def generate_with_feedback(condition: str, seed: float, guidance: float, steps: float, rounds: float,
+                               per_round: float, method: str, progress=gr.Progress()):  # noqa: B008
+        """MAGIC's loop on a private copy of the generator: each round draws images, judges them against the
+        checklist, pairs them and fine-tunes a LoRA (DPO or RFT); returns the last round's images with their
+        verdicts, the score per round and the reports."""
+        if condition not in offered:
+            raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
+        if method not in FEEDBACK_METHODS:
+            raise gr.Error(f"method must be one of {FEEDBACK_METHODS}; got {method!r}.")
+        numbers = {"seed": seed, "guidance": guidance, "steps": steps, "rounds": rounds, "per_round": per_round}
+        bad = [name for name, value in numbers.items()
+               if not isinstance(value, int | float) or not math.isfinite(value)]
+        if bad:
+            raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
+        if not 1 <= rounds <= MAX_ROUNDS or not 2 <= per_round <= MAX_IMAGES or int(per_round) % 2:
+            raise gr.Error(f"rounds must be 1-{MAX_ROUNDS} and images per round an even number 2-{MAX_IMAGES}.")
+        if generator.info is None:
+            raise gr.Error("This generator has no magic_generator.json, so the loop cannot prompt its classes.")
+        try:
+            config = FeedbackLoopConfig(
+                catalog=catalog, conditions=[condition], rounds=int(rounds), samples_per_condition=int(per_round),
+                eval_per_condition=int(per_round), steps=int(steps), guidance=float(guidance), seed=int(seed),
+                train=FeedbackTrainConfig(method=method, steps=FEEDBACK_TRAIN_STEPS, batch_size=8))
+            GenerationSettings(steps=int(steps), guidance=float(guidance), seed=int(seed))
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        progress(0, desc="round 0: measuring the generator as it is")
+
+        def report_round(report) -> None:
+            progress(report.round / config.rounds, desc=f"round {report.round}: mean score "
+                                                        f"{report.evaluator_mean_score:.2f}")
+
+        result = run_feedback_loop(generator.clone(), evaluator, config, on_round=report_round)
+        gallery = [(image, f"{condition} · seed {int(seed) + i} · {verdict.score}/{len(verdict.scores)} criteria")
+                   for i, (image, verdict) in enumerate(zip(result.images, result.verdicts))]
+        rows = [{"round": r.round, "value": value, "measure": measure} for r in result.rounds
+                for measure, value in (("mean checklist score (0-5)", r.evaluator_mean_score),
+                                       ("share meeting >= 3 criteria x 5", 5 * r.evaluator_share_at_least_3))]
+        return gallery, pd.DataFrame(rows), {"evaluator": evaluator.backend_id, **result.to_dict(),
+                                             "verdicts": [v.to_dict() for v in result.verdicts]}
+
     with gr.Blocks(delete_cache=DELETE_CACHE, title="Generate") as demo:
         gr.Markdown(f"## Generate synthetic images\nText-to-image, or image-to-image (MAGIC: a real image translated "
                     f"toward another condition at low strength).\n\n{model_card_link(model_id)}")
@@ -72,9 +131,29 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                 steps = gr.Slider(1, MAX_STEPS, value=30, step=1, label="Steps")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
-                gallery = gr.Gallery(label="Synthetic images (not patient data)", columns=4, height=420)
+                gallery = gr.Gallery(label="Synthetic images (not patient data)", columns=4, height=420,
+                                     format="png")  # lossless: what the model drew, pixel for pixel
+        with gr.Accordion("Evaluator feedback loop (MAGIC)", open=False):
+            gr.Markdown("Each round draws images of the condition, judges them against its expert checklist, pairs "
+                        "them with MAGIC's rules and fine-tunes a LoRA on a private copy of the generator (DPO on "
+                        "the pairs, or reward-weighted RFT). Every round is measured on the same seeds. The score "
+                        "comes from the evaluator being optimised; see the README for held-out measurements.")
+            with gr.Row():
+                rounds = gr.Slider(1, MAX_ROUNDS, value=2, step=1, label="Rounds")
+                per_round = gr.Slider(2, MAX_IMAGES, value=8, step=2, label="Images per round")
+                method = gr.Radio(list(FEEDBACK_METHODS), value="dpo", label="Fine-tuning")
+            feedback_button = gr.Button("Generate with feedback")
+            with gr.Row():
+                feedback_gallery = gr.Gallery(label="Last round, with checklist scores", columns=4, height=300,
+                                              format="png")
+                plot = gr.LinePlot(x="round", y="value", color="measure", label="Evaluator score per round",
+                                   height=300)
+            reports = gr.JSON(label="Per-round reports and verdicts")
         button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count],
                      outputs=gallery, api_name="generate")
+        feedback_button.click(generate_with_feedback,
+                              inputs=[condition, seed, guidance, steps, rounds, per_round, method],
+                              outputs=[feedback_gallery, plot, reports], api_name="generate_with_feedback")
     return demo
 
 

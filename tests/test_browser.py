@@ -95,3 +95,13 @@ def test_a_person_describes_a_lesion_and_gets_a_ranked_diagnosis(app_url, page, 
     expect(panel.get_by_text("Ranked diagnosis").first).to_be_visible()
     expect(panel.get_by_text("Bleeding").first).to_be_visible()
     _screenshot(page, tmp_path, "diagnose")
+
+
+def test_a_person_generates_synthetic_cells(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    panel = _open_tab(page, app_url, "Generate", "wbc/drawn_lymphocyte.png")
+    panel.get_by_role("button", name="Generate").click()
+    expect(panel.get_by_text(re.compile(r"· seed 3$")).first).to_be_attached(timeout=120_000)  # the 4th image
+    expect(panel.locator("img[src*='/file=']").first).to_be_visible()
+    _screenshot(page, tmp_path, "generate")

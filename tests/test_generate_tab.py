@@ -5,7 +5,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from magic.generation import Generator, TinySDConfig, build_pipeline
+from magic.generation import Generator, GeneratorInfo, TinySDConfig, build_pipeline
 from tests.conftest import free_port
 
 
@@ -16,6 +16,7 @@ def client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sd")
     build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
                                 text_encoder="random-tiny", max_prompt_tokens=16)).save_pretrained(folder)
+    GeneratorInfo(label_names=["basophil", "eosinophil", "ig"], prompt_template="a {name} cell").save(folder)
     demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder)).queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)
@@ -52,3 +53,31 @@ def test_unknown_condition_and_out_of_range_settings_are_refused(client):
         client.predict("dragon", "text-to-image", None, 0, 0.3, 2.0, 2, 1, api_name="/generate")
     with pytest.raises(AppError, match="greater than maximum"):
         client.predict("ig", "text-to-image", None, 0, 0.3, 2.0, 5000, 1, api_name="/generate")
+
+
+def test_only_the_generators_own_classes_are_offered(client):
+    with pytest.raises(AppError, match="not in the list of choices|condition must be one of"):
+        client.predict("platelet", "text-to-image", None, 0, 0.3, 2.0, 2, 1, api_name="/generate")
+
+
+def test_generate_with_feedback_reports_every_round_over_http(client):
+    gallery, plot, reports = client.predict("ig", 4, 2.0, 2, 2, 2, "rft", api_name="/generate_with_feedback")
+    assert [round_["round"] for round_ in reports["rounds"]] == [0, 1, 2]
+    assert reports["rounds"][2]["training"]["method"] == "rft" and reports["evaluator"].startswith("embedded")
+    assert len(gallery) == 2 and "ig · seed 4 · " in gallery[0]["caption"] and "criteria" in gallery[0]["caption"]
+    assert len(reports["verdicts"]) == 2 and all(len(v["scores"]) == 5 for v in reports["verdicts"])
+    data = plot.get("value", plot)  # the plot's PlotData: columns + rows
+    rows = [dict(zip(data["columns"], row)) for row in data["data"]]
+    assert len(rows) == 6 and {row["round"] for row in rows} == {0, 1, 2}  # two measures per round
+    mean_scores = [row["value"] for row in rows if row["measure"].startswith("mean checklist score")]
+    assert mean_scores == [r["evaluator_mean_score"] for r in reports["rounds"]]
+
+
+@pytest.mark.parametrize("rounds, per_round, method, message", [
+    (9, 2, "dpo", "rounds must be 1-3|greater than maximum"),
+    (1, 3, "dpo", "even number"),
+    (1, 2, "sft", "method must be one of|not in the list of choices"),
+])
+def test_generate_with_feedback_refuses_bad_settings(client, rounds, per_round, method, message):
+    with pytest.raises(AppError, match=message):
+        client.predict("ig", 0, 2.0, 2, rounds, per_round, method, api_name="/generate_with_feedback")

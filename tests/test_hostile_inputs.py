@@ -180,12 +180,13 @@ def test_evaluate_and_diagnose_still_serve_after_the_barrage(client, tmp_path):
 # ---------------------------------------------------------------------------------------------------- /generate
 @pytest.fixture(scope="module")
 def generate_url(tmp_path_factory):
-    from magic.generation import Generator, TinySDConfig, build_pipeline
+    from magic.generation import Generator, GeneratorInfo, TinySDConfig, build_pipeline
     from spaces.generate import create_demo
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
                                 text_encoder="random-tiny", max_prompt_tokens=16)).save_pretrained(folder)
+    GeneratorInfo(label_names=["ig", "monocyte"], prompt_template="a {name} cell").save(folder)
     demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder)).queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)
@@ -242,14 +243,14 @@ def test_generate_edge_settings_give_finite_non_black_images(generate_client, ov
     _usable(_generate(generate_client, **overrides), count)
 
 
-def _raw_call(url: str, values: list[str]) -> str:
-    """Call /generate over gradio's REST API with a hand-written JSON body (gradio_client refuses NaN and
+def _raw_call(url: str, values: list[str], endpoint: str = "generate") -> str:
+    """Call an endpoint over gradio's REST API with a hand-written JSON body (gradio_client refuses NaN and
     Infinity, a raw HTTP client does not); returns the event stream's text."""
     body = '{"data": [' + ", ".join(values) + "]}"
-    posted = httpx.post(f"{url}gradio_api/call/generate", content=body,
+    posted = httpx.post(f"{url}gradio_api/call/{endpoint}", content=body,
                         headers={"content-type": "application/json"}, timeout=30)
     posted.raise_for_status()
-    return httpx.get(f"{url}gradio_api/call/generate/{posted.json()['event_id']}", timeout=60).text
+    return httpx.get(f"{url}gradio_api/call/{endpoint}/{posted.json()['event_id']}", timeout=120).text
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -269,3 +270,21 @@ def test_generate_still_serves_after_the_barrage(generate_client, generate_url, 
     _usable(_generate(generate_client, "image-to-image", handle_file(source), strength=0.5))
     values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS)]
     assert "event: complete" in _raw_call(generate_url, values)
+
+
+FEEDBACK_SETTINGS = ("seed", "guidance", "steps", "rounds", "per_round")
+FEEDBACK_SAFE = {"seed": 0, "guidance": 2.0, "steps": 2, "rounds": 1, "per_round": 2}
+
+
+@pytest.mark.parametrize("setting", FEEDBACK_SETTINGS)
+@pytest.mark.parametrize("value", ["NaN", "Infinity", '"abc"'])
+def test_generate_with_feedback_refuses_nan_infinite_and_non_numbers(generate_url, setting, value):
+    values = ['"ig"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"dpo"']
+    values[1 + FEEDBACK_SETTINGS.index(setting)] = value
+    stream = _raw_call(generate_url, values, "generate_with_feedback")
+    assert "event: error" in stream and "event: complete" not in stream, stream[-400:]
+
+
+def test_generate_with_feedback_serves_after_bad_calls(generate_url):
+    values = ['"monocyte"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"rft"']
+    assert "event: complete" in _raw_call(generate_url, values, "generate_with_feedback")

@@ -9,12 +9,14 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from huggingface_hub import RepoCard
+from PIL import Image
 
 from spaces.build import SPACES, build_space
 from tests.conftest import free_port
 
 ENDPOINTS = {"wbc": ["/classify_wbc"], "skin": ["/classify_skin"], "evaluate": ["/evaluate"], "diagnose": ["/diagnose"],
-             "suite": ["/classify_wbc", "/classify_skin", "/evaluate", "/diagnose"]}
+             "generate": ["/generate"],
+             "suite": ["/classify_wbc", "/classify_skin", "/evaluate", "/diagnose", "/generate"]}
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -55,6 +57,9 @@ def test_built_space_has_front_matter_and_its_app_answers(name, tmp_path):
         if endpoint == "/evaluate":
             score, table, verdict = client.predict(example, "pbc", "lymphocyte", "not specified", api_name=endpoint)
             assert len(verdict["scores"]) == 5 and "criteria met" in score["label"]
+        elif endpoint == "/generate":
+            gallery = client.predict("lymphocyte", "text-to-image", None, 0, 0.3, 5.0, 4, 2, api_name=endpoint)
+            assert len(gallery) == 2 and all(Image.open(item["image"]).size == (64, 64) for item in gallery)
         elif endpoint == "/diagnose":
             label, _, details = client.predict(example, "I am 60; it bleeds and grew.", api_name=endpoint)
             assert label["confidences"] and details["options"]
