@@ -212,3 +212,15 @@ def test_export_without_text_encoder_uses_the_wheels_minilm_and_gives_identical_
     original, embedded = Generator.from_pretrained(tmp_path / "run"), Generator.from_pretrained(exported)
     assert embedded.info.label_names == ["ig"]
     assert _same(original.text_to_image("a ig cell", FAST), embedded.text_to_image("a ig cell", FAST))
+
+
+def test_concurrent_callers_get_the_same_images_as_sequential_ones(pipeline_dir):
+    """A web app calls one Generator from several worker threads; the pipeline's sampling state must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    generator = Generator.from_pretrained(pipeline_dir)
+    jobs = [("a disc shape", GenerationSettings(steps=3 + i % 3, guidance=3.0, seed=i)) for i in range(8)]
+    expected = [generator.text_to_image(prompt, settings)[0] for prompt, settings in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda job: generator.text_to_image(*job)[0], jobs))
+    assert _same(got, expected)

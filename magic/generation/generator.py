@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,8 @@ class Generator:
         self.model_id = model_id
         self.revision = revision
         self.info = info
+        # a diffusers pipeline keeps sampling state (the scheduler's timesteps) on itself: one call at a time
+        self._lock = threading.Lock()
         self.pipeline.set_progress_bar_config(disable=True)
         self._img2img = StableDiffusionImg2ImgPipeline(**pipeline.components)
         self._img2img.set_progress_bar_config(disable=True)
@@ -162,6 +165,7 @@ class Generator:
         fine-tuning the clone leaves this one untouched."""
         components = dict(self.pipeline.components)
         components["unet"] = copy.deepcopy(self.pipeline.unet)
+        components["scheduler"] = copy.deepcopy(self.pipeline.scheduler)  # sampling state is per pipeline
         return Generator(type(self.pipeline)(**components), model_id=self.model_id, revision=self.revision,
                          info=self.info)
 
@@ -173,6 +177,10 @@ class Generator:
         return [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(count)]
 
     def _run(self, pipeline, settings: GenerationSettings, **kwargs) -> list[Image.Image]:
+        with self._lock:  # thread-safe: concurrent callers (a web app's workers) take turns on the pipeline
+            return self._run_locked(pipeline, settings, **kwargs)
+
+    def _run_locked(self, pipeline, settings: GenerationSettings, **kwargs) -> list[Image.Image]:
         count = len(kwargs["prompt"])
         images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                           generator=self._generators(settings.seed, count), **kwargs).images
