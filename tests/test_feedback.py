@@ -94,6 +94,9 @@ def test_feedback_loop_reports_each_round_and_its_lora_round_trips(pipeline_dir,
     assert len(result.images) == 4 and [v.condition_id for v in result.verdicts] == ["basophil"] * 2 + ["ig"] * 2
     pairs = load_preferences(tmp_path / "loop" / "round2" / "preferences.json")
     assert len(pairs) == 2 and all((tmp_path / "loop" / pair.a.image).is_file() for pair in pairs)
+    from magic.publish import check_publishable
+
+    assert check_publishable(tmp_path / "loop" / "lora") == "model"  # carded: publishable as it is
 
     # the original is untouched; the saved LoRA on a fresh copy reproduces the tuned generator exactly
     settings = GenerationSettings(steps=3, seed=0)

@@ -124,6 +124,35 @@ def _measure(generator: Generator, evaluator: Evaluator, checklists: dict[str, C
     return report, images, labels, verdicts
 
 
+def _lora_card(generator: Generator, evaluator: Evaluator, config: FeedbackLoopConfig,
+               reports: list[RoundReport]):
+    """The LoRA's model card: base model, licence (the generator's), method and the per-round figures."""
+    from huggingface_hub import ModelCard, ModelCardData, metadata_load
+
+    from ..hub import resolve_model
+
+    try:
+        license_ = (metadata_load(resolve_model(generator.model_id) / "README.md") or {}).get("license", "other")
+    except Exception:  # noqa: BLE001 (a base without a readable card: say so rather than guess)
+        license_ = "other"
+    rows = "\n".join(f"| {r.round} | {r.evaluator_mean_score:.2f} | {r.evaluator_share_at_least_3:.1%} | "
+                     f"{'' if r.judge_accuracy is None else f'{r.judge_accuracy:.1%}'} |" for r in reports)
+    template = ("---\n{{ card_data }}\n---\n# {{ title }}\n\nA LoRA for `{{ base }}` fine-tuned with MAGIC's "
+                "evaluator feedback ({{ method }}, {{ rounds }} rounds, evaluator `{{ evaluator }}`, catalog "
+                "`{{ catalog }}`).\n\n"
+                "> **Research model, not a medical device.** Its images are synthetic.\n\n"
+                "Load: `pipe.load_lora_weights(FOLDER_OR_REPO)` on "
+                "`StableDiffusionPipeline.from_pretrained(\"{{ base }}\")`."
+                "\n\n| round | mean checklist score | share >= 3 criteria | held-out judge |\n|---|---|---|---|\n"
+                "{{ rows }}\n")
+    return ModelCard.from_template(
+        ModelCardData(license=license_, library_name="diffusers", base_model=generator.model_id or None,
+                      tags=["lora", "diffusers", "magic-suite", "dpo" if config.train.method == "dpo" else "rft"]),
+        template_str=template, title=f"{Path(generator.model_id).name or 'generator'} feedback LoRA",
+        base=generator.model_id, method=config.train.method.upper(), rounds=config.rounds,
+        evaluator=evaluator.backend_id, catalog=config.catalog, rows=rows)
+
+
 def run_feedback_loop(
     generator: Generator,
     evaluator: Evaluator,
@@ -188,6 +217,7 @@ def run_feedback_loop(
         folder.mkdir(parents=True, exist_ok=True)
         if getattr(generator.pipeline.unet, "peft_config", None):
             save_lora(generator.pipeline, folder / "lora")
+            _lora_card(generator, evaluator, config, reports).save(folder / "lora" / "README.md")
         (folder / "report.json").write_text(json.dumps({"config": config.to_dict(), "generator": generator.model_id,
                                                         "evaluator": evaluator.backend_id,
                                                         **result.to_dict()}, indent=1) + "\n")
