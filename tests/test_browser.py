@@ -105,3 +105,14 @@ def test_a_person_generates_synthetic_cells(app_url, page, tmp_path):
     expect(panel.get_by_text(re.compile(r"· seed 3$")).first).to_be_attached(timeout=120_000)  # the 4th image
     expect(panel.locator("img[src*='/file=']").first).to_be_visible()
     _screenshot(page, tmp_path, "generate")
+
+
+def test_a_person_runs_the_feedback_loop_and_sees_scores_per_round(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    panel = _open_tab(page, app_url, "Generate", "wbc/drawn_lymphocyte.png")
+    panel.get_by_text("Evaluator feedback loop (MAGIC)").click()
+    panel.get_by_role("button", name="Generate with feedback").click()
+    expect(panel.get_by_text(re.compile(r"seed \d+ · \d/5 criteria$")).first).to_be_attached(timeout=240_000)
+    expect(panel.get_by_text("evaluator_mean_score").first).to_be_visible()  # the per-round reports
+    _screenshot(page, tmp_path, "generate_feedback")
