@@ -66,8 +66,10 @@ SPACES: dict[str, SpaceSpec] = {
     "generate": SpaceSpec(
         title="MAGIC suite: synthetic blood cells", emoji="🧫",
         short_description="Text-to-image and image-to-image white blood cells",
-        modules=("common", "generate"), examples=("wbc",), models=("magic-suite/wbc-generator", "magic-suite/checklist-evaluator"),
-        datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0", launcher="generate.create_demo()"),
+        modules=("common", "generate"), examples=("wbc",),
+        models=("magic-suite/wbc-generator", "magic-suite/checklist-evaluator"),
+        datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0",
+        launcher="generate.create_demo()"),
     "suite": SpaceSpec(
         title="MAGIC suite", emoji="🧪",
         short_description="Medically accurate synthetic images and their models",

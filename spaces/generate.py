@@ -8,6 +8,7 @@ if __package__ in (None, ""):  # run as `python spaces/generate.py`
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import functools
 import math
 
 import gradio as gr
@@ -45,20 +46,28 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     if not choices:
         raise ValueError(f"The generator knows {sorted(trained)}, none of which is in the {catalog!r} catalog.")
     offered = [value for _, value in choices]
-    evaluator = evaluator or load_evaluator("embedded")
+
+    @functools.cache
+    def feedback_evaluator() -> Evaluator:  # loaded on the first loop, not at start-up
+        return evaluator or load_evaluator("embedded")
+
+    def check_inputs(condition: str, choice: str, choices, numbers: dict[str, float]) -> None:
+        """Refuse an unknown condition or option, and NaN / infinite / non-number settings (NaN passes gradio's
+        range checks: every comparison with NaN is false)."""
+        if condition not in offered:
+            raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
+        if choice not in choices:
+            raise gr.Error(f"{'mode' if choices == MODES else 'method'} must be one of {choices}; got {choice!r}.")
+        bad = [name for name, value in numbers.items()
+               if not isinstance(value, int | float) or not math.isfinite(value)]
+        if bad:
+            raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
 
     def generate(condition: str, mode: str, image_path: str | None, seed: float, strength: float, guidance: float,
                  steps: float, count: float, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
         """Synthetic images of ``condition``; image-to-image translates the uploaded image toward it."""
-        if condition not in offered:
-            raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
-        if mode not in MODES:
-            raise gr.Error(f"mode must be one of {MODES}; got {mode!r}.")
-        numbers = {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count}
-        bad = [name for name, value in numbers.items()
-               if not isinstance(value, int | float) or not math.isfinite(value)]
-        if bad:  # NaN passes gradio's range checks (every comparison with NaN is false)
-            raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
+        check_inputs(condition, mode, MODES,
+                     {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count})
         try:
             settings = GenerationSettings(steps=int(steps), guidance=float(guidance), strength=float(strength),
                                           seed=int(seed))
@@ -78,15 +87,8 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
         """MAGIC's loop on a private copy of the generator: each round draws images, judges them against the
         checklist, pairs them and fine-tunes a LoRA (DPO or RFT); returns the last round's images with their
         verdicts, the score per round and the reports."""
-        if condition not in offered:
-            raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
-        if method not in FEEDBACK_METHODS:
-            raise gr.Error(f"method must be one of {FEEDBACK_METHODS}; got {method!r}.")
-        numbers = {"seed": seed, "guidance": guidance, "steps": steps, "rounds": rounds, "per_round": per_round}
-        bad = [name for name, value in numbers.items()
-               if not isinstance(value, int | float) or not math.isfinite(value)]
-        if bad:
-            raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
+        check_inputs(condition, method, FEEDBACK_METHODS,
+                     {"seed": seed, "guidance": guidance, "steps": steps, "rounds": rounds, "per_round": per_round})
         if not 1 <= rounds <= MAX_ROUNDS or not 2 <= per_round <= MAX_IMAGES or int(per_round) % 2:
             raise gr.Error(f"rounds must be 1-{MAX_ROUNDS} and images per round an even number 2-{MAX_IMAGES}.")
         if generator.info is None:
@@ -105,13 +107,13 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             progress(report.round / config.rounds, desc=f"round {report.round}: mean score "
                                                         f"{report.evaluator_mean_score:.2f}")
 
-        result = run_feedback_loop(generator.clone(), evaluator, config, on_round=report_round)
+        result = run_feedback_loop(generator.clone(), feedback_evaluator(), config, on_round=report_round)
         gallery = [(image, f"{condition} · seed {int(seed) + i} · {verdict.score}/{len(verdict.scores)} criteria")
                    for i, (image, verdict) in enumerate(zip(result.images, result.verdicts))]
         rows = [{"round": r.round, "value": value, "measure": measure} for r in result.rounds
                 for measure, value in (("mean checklist score (0-5)", r.evaluator_mean_score),
                                        ("share meeting >= 3 criteria x 5", 5 * r.evaluator_share_at_least_3))]
-        return gallery, pd.DataFrame(rows), {"evaluator": evaluator.backend_id, **result.to_dict(),
+        return gallery, pd.DataFrame(rows), {"evaluator": feedback_evaluator().backend_id, **result.to_dict(),
                                              "verdicts": [v.to_dict() for v in result.verdicts]}
 
     with gr.Blocks(delete_cache=DELETE_CACHE, title="Generate") as demo:

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from PIL import Image
-from torchvision import transforms
 
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, PreferencePair
 from ..generation.adapters import add_lora
+from ..generation.train import _pixel_transform, encode_prompts
 from ..generation.vae import autocast_enabled, warmup_cosine
 
 METHODS = ("dpo", "rft")
@@ -74,20 +74,18 @@ class Example:
 
 
 def _encode(pipeline: StableDiffusionPipeline, images: Sequence[Image.Image]) -> torch.Tensor:
-    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    to_pixels = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                                    transforms.Normalize([0.5], [0.5])])
+    to_pixels = _pixel_transform(pipeline.unet.config.sample_size * pipeline.vae_scale_factor, flips=False)
     pixels = torch.stack([to_pixels(image.convert("RGB")) for image in images]).to(pipeline.device,
                                                                                    pipeline.vae.dtype)
     with torch.no_grad():
         return pipeline.vae.encode(pixels).latent_dist.mode().float() * pipeline.vae.config.scaling_factor
 
 
-@torch.no_grad()
-def _prompt_states(pipeline: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
-    tokens = pipeline.tokenizer(list(prompts), padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").to(pipeline.device)
-    return pipeline.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+def _prompt_states(pipeline: StableDiffusionPipeline, prompts: Sequence[str],
+                   encoded: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Text-encoder states of ``prompts``, from ``encoded`` (the frozen encoder's outputs, computed once) or now."""
+    encoded = encoded if encoded is not None else encode_prompts(pipeline, prompts)
+    return torch.stack([encoded[prompt] for prompt in prompts])
 
 
 def _denoising_error(unet, noisy, timesteps, states, target, use_amp: bool) -> torch.Tensor:
@@ -134,6 +132,7 @@ def train_on_feedback(
         if not examples:
             raise ValueError("RFT needs judged examples (image, prompt, reward).")
         ranked, imitate, skipped = [], list(examples), 0
+    encoded = encode_prompts(pipeline, [prompt for prompt, _, _ in ranked] + [e.prompt for e in imitate])
     params = ensure_lora(pipeline, config.lora_rank)
     pipeline.vae.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
@@ -152,7 +151,7 @@ def train_on_feedback(
             noise = torch.randn_like(latents[: len(chosen)]).repeat(2, 1, 1, 1)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chosen),), device=device).repeat(2)
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            states = _prompt_states(pipeline, prompts * 2)
+            states = _prompt_states(pipeline, prompts * 2, encoded)
             model_error = _denoising_error(pipeline.unet, noisy, timesteps, states, noise, use_amp)
             with torch.no_grad():
                 pipeline.unet.disable_adapters()
@@ -172,7 +171,8 @@ def train_on_feedback(
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chosen),), device=device)
             error = _denoising_error(pipeline.unet, scheduler.add_noise(latents, noise, timesteps), timesteps,
-                                     _prompt_states(pipeline, [example.prompt for example in chosen]), noise, use_amp)
+                                     _prompt_states(pipeline, [example.prompt for example in chosen], encoded), noise,
+                                     use_amp)
             if config.method == "rft":
                 rewards = torch.tensor([example.reward for example in chosen], device=device)
                 weights = torch.softmax((rewards - rewards.mean()) / config.temperature, dim=0) * len(chosen)
