@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from PIL import Image
 
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, PreferencePair
 from ..generation.adapters import add_lora
+from ..generation.precision import autocast_enabled
 from ..generation.train import _pixel_transform, encode_prompts
-from ..generation.vae import autocast_enabled, warmup_cosine
 
 METHODS = ("dpo", "rft")
 
@@ -137,7 +138,7 @@ def train_on_feedback(
     pipeline.vae.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_steps))
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     pipeline.unet.train()
     history = []
     for step in range(config.steps):

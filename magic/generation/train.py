@@ -15,10 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import compute_snr
 from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
+
+from .precision import autocast_enabled
 
 METHODS = ("full", "lora", "textual-inversion")
 
@@ -132,8 +135,6 @@ def train_denoiser(
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.training_utils import EMAModel
 
-    from .vae import autocast_enabled, warmup_cosine
-
     if len(images) != len(prompts) or not images:
         raise ValueError(f"Need one prompt per image and at least one image; got {len(images)} / {len(prompts)}.")
     images = list(images)
@@ -148,7 +149,7 @@ def train_denoiser(
     params = trainable_parameters(pipeline, config, new_token_ids)
     optimizer = torch.optim.AdamW(params, lr=config.lr,
                                   weight_decay=0.0 if config.method == "textual-inversion" else config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_steps))
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4) \
         if config.method == "full" and config.ema_decay > 0 else None
     original_embeddings = pipeline.text_encoder.get_input_embeddings().weight.detach().clone()

@@ -6,20 +6,20 @@ compares multi-scale ImageNet feature maps of input and reconstruction so textur
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
+
+from .precision import autocast_enabled
 
 
 @dataclass
@@ -65,34 +65,6 @@ class PerceptualLoss(torch.nn.Module):
         return loss
 
 
-def autocast_enabled(device: torch.device, wanted: bool) -> bool:
-    """bfloat16 autocast only where it is fast: CUDA, or a CPU with native bfloat16 instructions."""
-    if not wanted:
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and _cpu_has_bf16()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def warmup_cosine(steps: int, warmup_steps: int):
-    """Learning-rate multiplier: linear warmup, then cosine decay to zero at ``steps``."""
-
-    def factor(step: int) -> float:
-        warmup = min(1.0, (step + 1) / max(1, warmup_steps))
-        return warmup * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-
-    return factor
-
-
 def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig,
               log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``vae`` in place on ``images`` (resized to its sample size); returns the loss history."""
@@ -112,7 +84,7 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
     vae.train()
     params = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_steps))
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     use_amp = autocast_enabled(device, config.mixed_precision)
     history = []
     for step in tqdm(range(config.steps), desc="train vae", unit="step"):
