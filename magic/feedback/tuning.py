@@ -31,8 +31,8 @@ from PIL import Image
 
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, PreferencePair
 from ..generation.adapters import add_lora
-from ..generation.precision import autocast_enabled
 from ..generation.train import _pixel_transform, encode_prompts
+from ..precision import autocast_enabled
 
 METHODS = ("dpo", "rft")
 

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .precision import autocast_enabled
+from ..precision import autocast_enabled
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..precision import autocast_enabled
 from .model import NarrativeClassifier
 from .options import Example, make_examples
 
@@ -31,6 +32,9 @@ class NarrativeTrainConfig:
     seed: int = field(default=0, metadata={"help": "Seeds the head, the option sets and the order."})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
     validate: bool = field(default=True, metadata={"help": "Pick the best epoch on the validation split."})
+    mixed_precision: bool = field(default=True, metadata={
+        "help": "bfloat16 autocast for training (on GPU, and on CPUs with native bfloat16, where it is about 2.5x "
+                "faster); evaluation and saved weights stay float32 / float16."})
 
 
 def example_loss(classifier: NarrativeClassifier, batch: list[Example]) -> torch.Tensor:
@@ -72,13 +76,16 @@ def train_narrative_classifier(config: NarrativeTrainConfig, train, validation=N
     total = sum(-(-len(examples) // config.batch_size) for examples in epoch_examples)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=max(total, 1),
                                                     pct_start=max(0.1, 2.5 / max(total, 3)))
+    device = classifier.device
+    use_amp = autocast_enabled(device, config.mixed_precision)
     best, best_state, start, step = -1.0, None, time.time(), 0
     for epoch, examples in enumerate(epoch_examples):
         classifier.model.train()
         order = rng.permutation(len(examples))
         running = []
         for index in range(0, len(order), config.batch_size):
-            loss = example_loss(classifier, [examples[i] for i in order[index:index + config.batch_size]])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = example_loss(classifier, [examples[i] for i in order[index:index + config.batch_size]])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -102,5 +109,6 @@ def train_narrative_classifier(config: NarrativeTrainConfig, train, validation=N
                 if name in best_state:
                     param.copy_(best_state[name])
     classifier.info.update({"train": asdict(config), "train_seconds": round(time.time() - start, 1),
-                            "train_narratives": len(texts), "val_accuracy": best if best >= 0 else None})
+                            "train_narratives": len(texts), "val_accuracy": best if best >= 0 else None,
+                            "bf16_autocast": use_amp})
     return classifier.eval()
