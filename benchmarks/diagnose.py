@@ -17,6 +17,10 @@ What each row measures (all on fixed test splits; nothing is chosen by hand):
   the narrative restricted to the image's options (w = 0) and the fused answer (w fitted on simulated validation
   pairs built the same way). These numbers show how the rule combines two independent sources of evidence; they
   are not a clinical result.
+* REAL pairs (with ``--ham-narratives``, a dataset from ``python -m magic build-ham-narratives``): each HAM10000 test
+  image of an overlapping class with a narrative of its own patient's age, sex and body site (HAM10000 recorded no
+  symptoms), so text and image belong to the same lesion; the same rows as for the simulated pairs, with the image
+  weight fitted on the real validation pairs.
 """
 
 from __future__ import annotations
@@ -158,6 +162,38 @@ def paired_predictions(narrative_model, narratives, p_img: np.ndarray, ham_names
     return out
 
 
+def real_pairs(ham_narratives, ham_names: list[str]) -> tuple[dict, list[tuple[int, int]]]:
+    """HAM narratives of the overlapping classes as (texts + PAD labels, [(narrative index, image index)])."""
+    mapping = ham_to_pad(ham_names)
+    names = ham_narratives.features["label"].names
+    texts, labels, chosen = [], [], []
+    for item in ham_narratives:
+        targets = [t for t in mapping[names[item["label"]]] if t in OVERLAP]
+        if targets:
+            chosen.append((len(texts), int(item["image_index"])))
+            texts.append(item["text"])
+            labels.append(PAD_LABELS.index(targets[0]))
+    return {"text": texts, "label": labels}, chosen
+
+
+def pair_rows(kind: str, cases: dict, model_name: str, top_k: int) -> tuple[list[dict], float, dict]:
+    """image-only, narrative-only, options-only and fused rows on the test cases; w fitted on validation."""
+    fits = {w: fused_scores(cases["validation"], w) for w in WEIGHTS}
+    weight = max(WEIGHTS, key=lambda w: (fits[w]["accuracy"], fits[w]["macro_f1"]))
+    test = cases["test"]
+    labels = [c["label"] for c in test]
+    rows = [
+        row(f"{kind} pairs: image-only", scores(labels, [c["image"] for c in test], list(PAD_LABELS))),
+        row(f"{kind} pairs: narrative-only ({model_name}, 6 options)",
+            scores(labels, [int(np.argmax(c["free"])) for c in test], list(PAD_LABELS))),
+        row(f"{kind} pairs: narrative with the image's top-{top_k} options, w = 0", fused_scores(test, 0.0)),
+        row(f"{kind} pairs: combined (product of experts, w = {weight} fitted on validation pairs)",
+            fused_scores(test, weight), weight=float(weight)),
+        row(f"{kind} pairs: combined, w = 1", fused_scores(test, 1.0), weight=1.0),
+    ]
+    return rows, float(weight), {str(w): round(v["accuracy"], 4) for w, v in fits.items()}
+
+
 def fused_scores(cases, weight: float) -> dict:
     predictions = [int(np.argmax(fuse(c["opt"], c["q"], c["options"], weight))) for c in cases]
     return scores([c["label"] for c in cases], predictions, list(PAD_LABELS))
@@ -171,6 +207,8 @@ def main() -> None:
     parser.add_argument("--image-model", default="magic-suite/skin-classifier")
     parser.add_argument("--models", default="/tmp/magic/models", help="Folder of trained narrative classifiers.")
     parser.add_argument("--fusion-model", default="magic-suite/narrative-classifier")
+    parser.add_argument("--ham-narratives", default="",
+                        help="HAM10000 narratives (build-ham-narratives) of the --ham images: adds REAL pairs rows.")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-references", action="store_true", help="Skip the MiniLM-embedding reference rows.")
@@ -202,8 +240,11 @@ def main() -> None:
     image_model = load_classifier(args.image_model)
     ham_names = list(image_model.label_names)
     ham = {split: load_image_dataset(args.ham, split=split) for split in ("validation", "test")}
+    kept = {split: np.arange(len(part)) for split, part in ham.items()}  # image rows used, in the split's order
     if args.limit:
-        ham = {split: part.shuffle(seed=0).select(range(min(args.limit, len(part)))) for split, part in ham.items()}
+        kept = {split: np.sort(np.random.default_rng(0).permutation(len(part))[:args.limit])
+                for split, part in ham.items()}
+        ham = {split: part.select(kept[split]) for split, part in ham.items()}
     p_img = {split: image_probabilities(image_model, ham[split]) for split in ham}
     ham_labels = {split: np.asarray(ham[split]["label"]) for split in ham}
     overlap_ham = [h for h, name in enumerate(ham_names) if any(t in OVERLAP for t in ham_to_pad(ham_names)[name])]
@@ -217,23 +258,23 @@ def main() -> None:
     for split in ("validation", "test"):
         chosen = pairs(data[split], ham_labels[split], ham_names, args.seed)
         cases[split] = paired_predictions(narrative_model, data[split], p_img[split], ham_names, chosen, args.top_k)
-    fits = {w: fused_scores(cases["validation"], w) for w in WEIGHTS}
-    weight = max(WEIGHTS, key=lambda w: (fits[w]["accuracy"], fits[w]["macro_f1"]))
-    test = cases["test"]
-    labels = [c["label"] for c in test]
     name = Path(str(args.fusion_model)).name
-    rows += [
-        row("SIMULATED pairs: image-only", scores(labels, [c["image"] for c in test], list(PAD_LABELS))),
-        row(f"SIMULATED pairs: narrative-only ({name}, 6 options)",
-            scores(labels, [int(np.argmax(c["free"])) for c in test], list(PAD_LABELS))),
-        row(f"SIMULATED pairs: narrative with the image's top-{args.top_k} options, w = 0", fused_scores(test, 0.0)),
-        row(f"SIMULATED pairs: combined (product of experts, w = {weight} fitted on validation pairs)",
-            fused_scores(test, weight), weight=float(weight)),
-        row("SIMULATED pairs: combined, w = 1", fused_scores(test, 1.0), weight=1.0),
-    ]
+    simulated, weight, fit = pair_rows("SIMULATED", cases, name, args.top_k)
+    rows += simulated
+    real_fit = None
+    if args.ham_narratives:
+        ham_text = load_narratives(args.ham_narratives)
+        real = {}
+        for split in ("validation", "test"):
+            texts, chosen = real_pairs(ham_text[split], ham_names)
+            position = {int(image): index for index, image in enumerate(kept[split])}
+            chosen = [(i, position[h]) for i, h in chosen if h in position]
+            real[split] = paired_predictions(narrative_model, texts, p_img[split], ham_names, chosen, args.top_k)
+        real_rows, _, real_fit = pair_rows("REAL", real, name, args.top_k)
+        rows += real_rows
     result = {"rows": rows, "fusion_model": str(args.fusion_model), "image_model": args.image_model,
-              "top_k": args.top_k, "fitted_weight": float(weight),
-              "validation_fit": {str(w): round(v["accuracy"], 4) for w, v in fits.items()},
+              "top_k": args.top_k, "fitted_weight": float(weight), "validation_fit": fit,
+              "real_pairs_validation_fit": real_fit, "ham_narratives": args.ham_narratives or None,
               "machine": f"{platform.machine()} CPU, {platform.python_version()}",
               "seconds": round(time.time() - start, 1)}
     if args.save_weight:

@@ -21,3 +21,10 @@ train minilm-plain --base minilm --method plain --max-narratives 480
 train minilm-plain-3x --base minilm --method plain --max-narratives 1440
 train smollm2-coo --base smollm2 --method coo --max-narratives 160 --lora-layers 8
 train smollm2-plain --base smollm2 --method plain --max-narratives 160 --lora-layers 8
+# equal epochs for the shipped model's comparison (it was trained in float32, three epochs: see README)
+train minilm-plain-all-3ep --base minilm --method plain --epochs 3 --no-mixed-precision
+# SmolLM2-135M on every training narrative (bfloat16 autocast): CoO, plain with the same epochs, and plain with the
+# same number of examples as CoO (each CoO narrative gives three examples)
+train smollm2-coo-all --base smollm2 --method coo --lora-layers 8
+train smollm2-plain-all --base smollm2 --method plain --lora-layers 8
+train smollm2-plain-all-3ep --base smollm2 --method plain --lora-layers 8 --epochs 3

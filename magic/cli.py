@@ -314,6 +314,15 @@ def cmd_build_narratives(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_ham_narratives(args: argparse.Namespace) -> int:
+    from .narratives.ham import HamNarrativeConfig, build_ham_narrative_dataset
+
+    counts = build_ham_narrative_dataset(args.metadata, args.images, args.output,
+                                         dataclass_from_args(HamNarrativeConfig, args))
+    print(json.dumps({"output": args.output, "rows": counts}))
+    return 0
+
+
 def cmd_train_narrative_classifier(args: argparse.Namespace) -> int:
     from .narratives.dataset import load_narratives
     from .narratives.evaluate import evaluate_narrative_classifier, write_narrative_card
@@ -356,6 +365,7 @@ def cmd_experiment_augment(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .classifiers import TrainConfig
     from .narratives.dataset import NarrativeDatasetConfig
+    from .narratives.ham import HamNarrativeConfig
     from .narratives.train import NarrativeTrainConfig
 
     parser = argparse.ArgumentParser(prog="magic", description="MAGIC suite: train, evaluate and use the models.")
@@ -546,6 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     narratives.add_argument("--output", required=True, help="Dataset folder (data/*.parquet + README.md).")
     add_dataclass_arguments(narratives, NarrativeDatasetConfig)
     narratives.set_defaults(func=cmd_build_narratives)
+
+    ham = commands.add_parser("build-ham-narratives", help="Turn HAM10000's age / sex / site into one first-person "
+                                                           "narrative per image of a HAM10000 image dataset (real "
+                                                           "image + narrative pairs).")
+    ham.add_argument("--metadata", required=True, help="HAM10000_metadata.csv (image_id, dx, age, sex, localization).")
+    ham.add_argument("--images", required=True, help="The HAM10000 image dataset (folder or Hub id) whose "
+                                                     "source_file names the ISIC image ids; its splits are kept.")
+    ham.add_argument("--output", required=True, help="Dataset folder (data/*.parquet + README.md).")
+    add_dataclass_arguments(ham, HamNarrativeConfig)
+    ham.set_defaults(func=cmd_build_ham_narratives)
 
     tn = commands.add_parser("train-narrative-classifier", help="Fine-tune MiniLM or SmolLM2 (LoRA) on narratives "
                                                                 "with Chain of Options or plainly.")

@@ -184,3 +184,94 @@ def test_build_narratives_command(metadata, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     data = datasets.load_dataset(str(tmp_path / "n"))
     assert {split: len(data[split]) for split in data} == rows and set(data["train"]["variant"]) == {0, 1}
+
+
+# ------------------------------------------------------------------------------------------ HAM10000 age / sex / site
+HAM_DX = {"actinic_keratosis": "akiec", "basal_cell_carcinoma": "bcc", "benign_keratosis": "bkl",
+          "dermatofibroma": "df", "melanocytic_nevus": "nv", "melanoma": "mel", "vascular_lesion": "vasc"}
+SITES = ["back", "face", "lower extremity", "upper extremity", "trunk", "scalp", "unknown"]
+
+
+@pytest.fixture(scope="module")
+def ham_files(tmp_path_factory):
+    """A HAM10000-shaped image dataset (source_file CLASS/ISIC_NNNNNNN.jpg, splits in a shuffled order) and its
+    HAM10000_metadata.csv (columns and codes of the published file, in another row order, with blanks)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("ham")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=HAM),
+                                  "source_file": datasets.Value("string")})
+    meta, number = [], 24000
+    (folder / "images" / "data").mkdir(parents=True)
+    for split, count in {"train": 21, "validation": 7, "test": 7}.items():
+        rows = {"image": [], "label": [], "source_file": []}
+        for index in range(count):
+            number += int(rng.integers(1, 40))
+            label = (index * 3 + len(split)) % len(HAM)
+            image_id = f"ISIC_{number:07d}"
+            rows["image"].append(Image.new("RGB", (8, 8), (index * 9, 40, 90)))
+            rows["label"].append(label)
+            rows["source_file"].append(f"{HAM[label]}/{image_id}.jpg")
+            meta.append({"lesion_id": f"HAM_{number:07d}", "image_id": image_id, "dx": HAM_DX[HAM[label]],
+                         "dx_type": "histo", "age": "" if index % 5 == 4 else f"{20 + 3 * index}.0",
+                         "sex": ["male", "female", "unknown"][index % 3], "localization": SITES[index % len(SITES)]})
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            folder / "images" / "data" / f"{split}-00000-of-00001.parquet")
+    rng.shuffle(meta)
+    with open(folder / "HAM10000_metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["lesion_id", "image_id", "dx", "dx_type", "age", "sex",
+                                                    "localization"])
+        writer.writeheader()
+        writer.writerows(meta)
+    return folder
+
+
+def test_ham_narratives_pair_each_image_with_its_own_age_sex_and_site(ham_files, tmp_path, capsys):
+    from magic.cli import main
+
+    assert main(["build-ham-narratives", "--metadata", str(ham_files / "HAM10000_metadata.csv"), "--images",
+                 str(ham_files / "images"), "--output", str(tmp_path / "hn")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == {"train": 21, "validation": 7, "test": 7}
+    narratives = datasets.load_dataset(str(tmp_path / "hn"))
+    images = datasets.load_dataset(str(ham_files / "images"))
+    with open(ham_files / "HAM10000_metadata.csv") as handle:
+        meta = {row["image_id"]: row for row in csv.DictReader(handle)}
+    regions = {"back": "BACK", "face": "FACE", "lower extremity": "THIGH", "upper extremity": "ARM", "scalp": "SCALP"}
+    for split in ("train", "validation", "test"):
+        for item in narratives[split]:
+            source = images[split][item["image_index"]]["source_file"]
+            assert item["image_id"] in source and item["label"] == images[split][item["image_index"]]["label"]
+            row, said = meta[item["image_id"]], extract_facts(item["text"])
+            assert said.age == (int(float(row["age"])) if row["age"] else None)
+            assert said.sex == (row["sex"] if row["sex"] != "unknown" else None)
+            assert said.region == regions.get(row["localization"])  # trunk / unknown: no region is said
+            assert all(getattr(said, name) is None for name in SYMPTOMS)  # HAM10000 recorded no symptoms
+            assert json.loads(item["facts"]) == said.known()
+    card = (tmp_path / "hn" / "README.md").read_text()
+    assert "cc-by-nc-4.0" in card and "HAM10000" in card
+
+
+def test_ham_narratives_refuse_wrong_metadata(ham_files, tmp_path):
+    from magic.narratives.ham import build_ham_narrative_dataset
+
+    rows = list(csv.DictReader(open(ham_files / "HAM10000_metadata.csv")))
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as handle:  # a PAD-UFES-20 file given by mistake
+        csv.writer(handle).writerows([["patient_id", "lesion_id", "diagnostic"], ["P1", "1", "BCC"]])
+    with pytest.raises(ValueError, match="missing columns"):
+        build_ham_narrative_dataset(bad, ham_files / "images", tmp_path / "o1")
+    swapped = tmp_path / "swapped.csv"
+    with open(swapped, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{**row, "dx": "mel" if row["dx"] != "mel" else "nv"} for row in rows])
+    with pytest.raises(ValueError, match="same HAM10000 images"):
+        build_ham_narrative_dataset(swapped, ham_files / "images", tmp_path / "o2")
+    partial = tmp_path / "partial.csv"
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[: len(rows) // 2])
+    with pytest.raises(ValueError, match="have no row in"):
+        build_ham_narrative_dataset(partial, ham_files / "images", tmp_path / "o3")
