@@ -74,7 +74,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
     report, _ = fast_run
     plan = plan_runs(load_config(CONFIG).with_fast_caps())
     ids = [run["run_id"] for run in report["runs"]]
-    assert len(ids) == len(set(ids)) == len(plan) == 10
+    assert len(ids) == len(set(ids)) == len(plan) == 12
     assert ids == [run.run_id for run in plan]
     assert {run.kind for run in plan} == {"real-only", "synthetic", "extra-real", "classic-augmentation"}
     for run in report["runs"]:
@@ -84,7 +84,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
     out = workspace / "out"
     assert sorted(path.stem for path in (out / "runs").glob("*.json")) == sorted(ids)
     assert json.loads((out / "report.json").read_text())["runs"] == report["runs"]
-    assert report["ran"] == 10 and report["skipped"] == 0 and report["wall_s"] > 0
+    assert report["ran"] == 12 and report["skipped"] == 0 and report["wall_s"] > 0
     markdown = (out / "report.md").read_text()
     for text in ("| tiny | real-only |", "| tiny | +untuned | 4 | 0.5 | 2 |", "+extra-real", "classic-augmentation",
                  "27.3", "78.4", "61.8", "76.8", "29.3", "25.6", "31.5", "38.3", "13.89",
@@ -96,7 +96,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
 
 def test_mean_and_std_are_computed_from_the_per_seed_numbers(fast_run):
     report, _ = fast_run
-    assert len(report["conditions"]) == 5
+    assert len(report["conditions"]) == 6
     for row in report["conditions"]:
         members = [run for run in report["runs"] if run["condition"] == row["condition"]
                    and run["per_class"] == row["per_class"] and run["share"] == row["share"]]
@@ -114,7 +114,7 @@ def test_mean_and_std_are_computed_from_the_per_seed_numbers(fast_run):
 def test_metrics_come_from_the_real_test_split_and_synthetic_images_only_enter_training(fast_run, workspace):
     report, calls = fast_run
     real = _real(workspace)
-    assert len(calls["evaluate"]) == len(calls["train"]) == 10
+    assert len(calls["evaluate"]) == len(calls["train"]) == 12
     for dataset in calls["evaluate"]:
         assert dataset._fingerprint == real["test"]._fingerprint and len(dataset) == 18
         assert ORIGIN_COLUMN not in dataset.column_names
@@ -123,7 +123,7 @@ def test_metrics_come_from_the_real_test_split_and_synthetic_images_only_enter_t
         assert ORIGIN_COLUMN not in call["val"].column_names
     assert all(run["test"]["n"] == len(real["test"]) == report["test_size"] for run in report["runs"])
     origins = {origin for call in calls["train"] for origin in call["train"][ORIGIN_COLUMN]}
-    assert origins == {"real", "extra-real", "synthetic:untuned", "synthetic:pregenerated"}
+    assert origins == {"real", "extra-real", "synthetic:untuned", "synthetic:pregenerated", "synthetic:translated"}
     for run, call in zip(report["runs"], calls["train"]):
         assert run["train_images"]["total"] == len(call["train"])
         if run["kind"] == "synthetic":
@@ -209,6 +209,34 @@ def test_generated_images_are_cached_and_deterministic(fast_run, workspace):
         assert np.array_equal(np.asarray(rows[job.job_id]["image"].convert("RGB")), np.asarray(fresh))
 
 
+def test_translated_images_come_from_each_seeds_own_real_images_toward_other_classes(fast_run, workspace):
+    from magic.experiments.mixing import real_subset
+
+    report, calls = fast_run
+    real = _real(workspace)
+    config = report["config"]
+    generator = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+    for seed in config["seeds"]:
+        base = real_subset(real["train"], seed, config["imbalanced"], config["k_shot"], config["total"],
+                           config["min_per_class"])
+        pool = load_image_dataset(workspace / "out" / "synthetic" / "translated" / f"seed-{seed}", split="train")
+        assert len(pool) == 4 * len(TINY_CLASSES) and set(pool["mode"]) == {"i2i"}
+        own_rows = [str(row) for row in base[INDEX_COLUMN]]  # rows of the real train split
+        for row in pool:
+            assert row["source_id"] in own_rows  # translated from this seed's real training images only
+            assert row["source_label"] != TINY_CLASSES[row["label"]]  # MAGIC's rule: target != source
+            assert TINY_CLASSES[real["train"][int(row["source_id"])]["label"]] == row["source_label"]
+        row = pool[5]
+        source = real["train"][int(row["source_id"])]["image"]
+        fresh = generator.image_to_image(source, row["prompt"], GenerationSettings(steps=2, guidance=2.0,
+                                                                                  strength=0.5, seed=row["seed"]))[0]
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(fresh))
+        run = next(r for r in report["runs"] if r["source"] == "translated" and r["seed"] == seed)
+        call = calls["train"][report["runs"].index(run)]
+        assert sum(origin == "synthetic:translated" for origin in call["train"][ORIGIN_COLUMN]) == 4 * len(TINY_CLASSES)
+    assert set(report["synthetic_sources"]["translated"]["per_seed"]) == {f"seed-{s}" for s in config["seeds"]}
+
+
 def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, monkeypatch):
     out = workspace / "out"
     stamps = {path: path.stat().st_mtime_ns for path in [*(out / "runs").glob("*.json"),
@@ -221,7 +249,7 @@ def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, 
     monkeypatch.setattr(Generator, "from_pretrained", refuse)
     monkeypatch.chdir(workspace)
     again = run_augment_experiment(CONFIG, out, fast=True)
-    assert again["ran"] == 0 and again["skipped"] == 10
+    assert again["ran"] == 0 and again["skipped"] == 12
     assert again["runs"] == fast_run[0]["runs"]
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     with pytest.raises(ConfigError, match="other settings"):  # the full run must not reuse fast results
@@ -238,6 +266,10 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
         config_from_dict({**good, "classifiers": [{"name": "x", "archtecture": "resnet18"}]})
     with pytest.raises(ConfigError, match="exactly one of `dataset`"):
         config_from_dict({**good, "synthetic_sources": [{"name": "both", "dataset": "a", "generator": "b"}]})
+    with pytest.raises(ConfigError, match="image-to-image needs `generator`"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "i2i", "dataset": "a", "mode": "image-to-image"}]})
+    with pytest.raises(ConfigError, match="mode 'inpaint' is not supported"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "inpaint"}]})
     with pytest.raises(ConfigError, match="synthetic_share"):
         config_from_dict({**good, "synthetic_share": [1.5]})
     with pytest.raises(ConfigError, match="Missing key"):
@@ -258,8 +290,8 @@ def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["runs"] == summary["ran"] == 10 and summary["fast"] is True
-    assert len(summary["conditions"]) == 5
+    assert summary["runs"] == summary["ran"] == 12 and summary["fast"] is True
+    assert len(summary["conditions"]) == 6
     out = workspace / "cli-out"
     assert (out / "report.md").is_file() and (out / "macro_f1_vs_synthetic.png").is_file()
     report = json.loads((out / "report.json").read_text())

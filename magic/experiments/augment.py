@@ -20,6 +20,7 @@ from ..data.datasets import DatasetFormatError, class_names, labels_of, load_ima
 from .config import (
     CLASSIC,
     EXTRA_REAL,
+    IMAGE_TO_IMAGE,
     REAL_ONLY,
     SYNTHETIC,
     AugmentExperimentConfig,
@@ -83,7 +84,7 @@ class _Experiment:
                                      "train_split / val_split / test_split in the config.")
         self.train, self.val, self.test = data[config.train_split], data[config.val_split], data[config.test_split]
         self.names = class_names(self.train)
-        self.pools: dict[str, datasets.Dataset] = {}
+        self.pools: dict[tuple[str, int | None], datasets.Dataset] = {}  # (source, seed or None: all seeds)
         self.sources: dict[str, dict] = {}
         self._bases: dict[int, datasets.Dataset] = {}
 
@@ -91,12 +92,21 @@ class _Experiment:
         """Load or generate the synthetic pool of every source a pending run needs (before any training, so a
         missing generator or LoRA fails fast)."""
         for source in self.config.synthetic_sources:
-            counts = [run.per_class for run in pending if run.kind == SYNTHETIC and run.source == source.name]
-            if not counts:
+            runs = [run for run in pending if run.kind == SYNTHETIC and run.source == source.name]
+            if not runs:
                 continue
-            self.log(f"synthetic source {source.name}: {max(counts)} images per class")
-            self.pools[source.name], self.sources[source.name] = source_pool(source, self.names, max(counts),
-                                                                             self.output)
+            count = max(run.per_class for run in runs)
+            if source.mode != IMAGE_TO_IMAGE:
+                self.log(f"synthetic source {source.name}: {count} images per class")
+                self.pools[source.name, None], self.sources[source.name] = source_pool(source, self.names, count,
+                                                                                       self.output)
+                continue
+            facts = {}
+            for seed in sorted({run.seed for run in runs}):  # translated from each seed's own real images
+                self.log(f"synthetic source {source.name}, seed {seed}: {count} translated images per class")
+                self.pools[source.name, seed], facts[f"seed-{seed}"] = source_pool(
+                    source, self.names, count, self.output, real=self.base(seed), seed=seed)
+            self.sources[source.name] = {"mode": IMAGE_TO_IMAGE, "per_seed": facts}
 
     def base(self, seed: int) -> datasets.Dataset:
         if seed not in self._bases:
@@ -109,7 +119,8 @@ class _Experiment:
         """Real subset of the run's seed, plus its added images."""
         base = self.base(run.seed)
         if run.kind == SYNTHETIC:
-            added = first_per_class(self.pools[run.source], run.per_class, f"synthetic source {run.source!r}")
+            pool = self.pools.get((run.source, run.seed), self.pools.get((run.source, None)))
+            added = first_per_class(pool, run.per_class, f"synthetic source {run.source!r}")
         elif run.kind == EXTRA_REAL:
             added = extra_real(self.train, base, run.per_class, run.seed)
         else:

@@ -31,6 +31,11 @@ class ClassifierSpec:
                 "...). The harness defaults fit_ood to false: the out-of-distribution detector plays no part here."})
 
 
+TEXT_TO_IMAGE = "text-to-image"
+IMAGE_TO_IMAGE = "image-to-image"
+MODES = (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)
+
+
 @dataclass
 class SyntheticSource:
     """Where synthetic images come from: a generated dataset folder, or a generator run once and cached."""
@@ -44,7 +49,11 @@ class SyntheticSource:
         "help": "A generator (pipeline folder, embedded id or Hub id) to sample from; its images are cached under "
                 "OUTPUT/synthetic/NAME so reruns do not regenerate."})
     lora: str = field(default="", metadata={"help": "A LoRA folder to load into the generator first (optional)."})
-    mode: str = field(default="text-to-image", metadata={"help": "Sampling mode; only text-to-image for now."})
+    mode: str = field(default="text-to-image", metadata={
+        "help": "text-to-image (class prompts), or image-to-image: MAGIC's translation of the run's own real "
+                "training images toward another class (target != source), generated per seed."})
+    strength: float = field(default=0.6, metadata={
+        "help": "Image-to-image only: how far from the source image (0-1; higher keeps less of it)."})
     prompt_template: str = field(default="", metadata={
         "help": "Prompt with {name}; empty: the generator's own (magic_generator.json)."})
     steps: int = field(default=25, metadata={"help": "Denoising steps."})
@@ -57,10 +66,14 @@ class SyntheticSource:
         if bool(self.dataset) == bool(self.generator):
             raise ConfigError(f"Synthetic source {self.name!r}: give exactly one of `dataset` (a generated dataset "
                               "folder or Hub id) or `generator` (a pipeline to sample from).")
-        if self.mode != "text-to-image":
-            raise ConfigError(f"Synthetic source {self.name!r}: mode {self.mode!r} is not supported; use "
-                              "text-to-image, or generate the images with `python -m magic generate-dataset` and "
-                              "give the folder as `dataset`.")
+        if self.mode not in MODES:
+            raise ConfigError(f"Synthetic source {self.name!r}: mode {self.mode!r} is not supported; use one of "
+                              f"{', '.join(MODES)}.")
+        if self.mode == IMAGE_TO_IMAGE and not self.generator:
+            raise ConfigError(f"Synthetic source {self.name!r}: image-to-image needs `generator` (the images are "
+                              "translated from each seed's real training set).")
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"Synthetic source {self.name!r}: strength must be in (0, 1], got {self.strength}.")
         if self.lora and not self.generator:
             raise ConfigError(f"Synthetic source {self.name!r}: `lora` needs `generator`.")
         if self.prompt_template and "{name}" not in self.prompt_template:
@@ -69,7 +82,8 @@ class SyntheticSource:
     def cache_key(self) -> dict[str, Any]:
         """The settings that decide the generated images (the per-class count is not one: caches grow)."""
         keys = ("generator", "lora", "mode", "prompt_template", "steps", "guidance", "seed")
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in keys} | (
+            {"strength": self.strength} if self.mode == IMAGE_TO_IMAGE else {})
 
 
 @dataclass

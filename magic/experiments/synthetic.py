@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ..data.datasets import load_image_dataset
-from .config import ConfigError, SyntheticSource
-from .mixing import tag
+from .config import IMAGE_TO_IMAGE, ConfigError, SyntheticSource
+from .mixing import INDEX_COLUMN, tag
 
 CACHE_SPEC = "source.json"
 
@@ -33,19 +35,25 @@ def _prompt_template(source: SyntheticSource, names: list[str]) -> str:
     return template
 
 
-def generated_pool(source: SyntheticSource, names: list[str], per_class: int, cache: Path) -> tuple[
-        datasets.Dataset, dict]:
-    """``per_class`` text-to-image images of every class from ``source``'s generator, tagged and in job order
-    (class by class, image 0 first), generated only where ``cache`` lacks them. Returns the pool and facts about
-    the generation (images made by this call, seconds)."""
-    from ..generation.dataset import completed_jobs, count_plan, generate_dataset
+def generated_pool(source: SyntheticSource, names: list[str], per_class: int, cache: Path,
+                   real: datasets.Dataset | None = None) -> tuple[datasets.Dataset, dict]:
+    """``per_class`` images of every class from ``source``'s generator, tagged and in job order (class by class,
+    image 0 first), generated only where ``cache`` lacks them. Image-to-image sources translate images of
+    ``real`` (the run's real training set) toward other classes. Returns the pool and facts about the generation
+    (images made by this call, seconds)."""
+    from ..generation.dataset import completed_jobs, count_plan, generate_dataset, translation_plan
 
     if source.lora and not Path(source.lora).is_dir():
         raise FileNotFoundError(f"Synthetic source {source.name!r}: LoRA folder {source.lora} does not exist. Make it "
                                 "first, e.g. `python -m magic feedback-loop ... --output runs/feedback` writes "
                                 "runs/feedback/lora.")
     template = _prompt_template(source, names)
+    translate = source.mode == IMAGE_TO_IMAGE
+    if translate and real is None:
+        raise ValueError(f"Synthetic source {source.name!r} is image-to-image: pass the real images to translate.")
     spec = {**source.cache_key(), "prompt_template": template, "classes": names}
+    if translate:  # the cache belongs to one real training set
+        spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
     spec_path = cache / CACHE_SPEC
     if spec_path.is_file():
@@ -55,7 +63,9 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
                               f"{source.name!r} now has ({spec}); delete the folder or use a new --output.")
     else:
         spec_path.write_text(json.dumps(spec, indent=1) + "\n")
-    jobs = count_plan(names, per_class, template, seed=source.seed)
+    jobs = translation_plan(real, per_class, template, seed=source.seed,  # source_id: row of the real split
+                            source_ids=[str(row) for row in real[INDEX_COLUMN]]) if translate else \
+        count_plan(names, per_class, template, seed=source.seed)
     todo = [job for job in jobs if job.job_id not in completed_jobs(cache)]
     made, started = 0, time.time()
     if todo:
@@ -66,8 +76,9 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
                                               device=None if source.device == "auto" else source.device)
         if source.lora:
             load_lora(generator.pipeline, source.lora)
-        settings = GenerationSettings(steps=source.steps, guidance=source.guidance, seed=source.seed)
-        made = generate_dataset(generator, jobs, cache, names, settings, lora=source.lora)
+        settings = GenerationSettings(steps=source.steps, guidance=source.guidance, seed=source.seed,
+                                      strength=source.strength)
+        made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora)
         del generator
         gc.collect()
         _empty_cuda_cache()
@@ -94,11 +105,16 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def source_pool(source: SyntheticSource, names: list[str], per_class: int, output_dir: Path) -> tuple[
-        datasets.Dataset, dict]:
+def source_pool(source: SyntheticSource, names: list[str], per_class: int, output_dir: Path,
+                real: datasets.Dataset | None = None, seed: int | None = None) -> tuple[datasets.Dataset, dict]:
     """The tagged pool of synthetic images of ``source`` with at least ``per_class`` images of every class
-    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``), and facts about how it was made."""
+    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``, or for an image-to-image source
+    translated from ``real``, the real training set of ``seed``, into ``output_dir/synthetic/NAME/seed-SEED``),
+    and facts about how it was made."""
     if source.dataset:
         pool = tag(load_image_dataset(source.dataset, split=source.split), f"synthetic:{source.name}", names)
         return pool, {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
-    return generated_pool(source, names, per_class, Path(output_dir) / "synthetic" / source.name)
+    cache = Path(output_dir) / "synthetic" / source.name
+    if source.mode == IMAGE_TO_IMAGE:
+        cache = cache / f"seed-{seed}"
+    return generated_pool(source, names, per_class, cache, real=real)

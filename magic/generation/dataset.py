@@ -59,6 +59,32 @@ def magic_plan(source: datasets.Dataset, prompt_template: str, seed: int = 0) ->
     return jobs
 
 
+def translation_plan(source: datasets.Dataset, per_class: int, prompt_template: str, seed: int = 0,
+                     source_ids: list[str] | None = None) -> list[Job]:
+    """MAGIC's rule with a count: ``per_class`` image-to-image jobs toward each class, each from a real image of
+    another class. Sources are taken in a seeded order that cycles through every other-class image before any
+    repeats; job ``i`` of a class is the same whatever ``per_class`` is, so a larger count extends a smaller one.
+    ``source_ids`` names the source rows in the provenance (default: ``source_file``, else the row number)."""
+    names = source.features["label"].names
+    if len(names) < 2:
+        raise ValueError("The MAGIC rule needs at least two conditions.")
+    labels = np.asarray(source["label"])
+    ids = source_ids if source_ids is not None else source["source_file"] if "source_file" in source.column_names \
+        else [str(i) for i in range(len(source))]
+    jobs = []
+    for c, name in enumerate(names):
+        others = np.flatnonzero(labels != c)
+        if not len(others):
+            raise ValueError(f"No image of a class other than {name!r} to translate from.")
+        order = np.random.default_rng([seed, c]).permutation(others)
+        prompt = prompt_template.format(name=name.replace("_", " "))
+        for i in range(per_class):
+            index = int(order[i % len(order)])
+            jobs.append(Job(f"i2i-{name}-{i:06d}", name, prompt, seed + 1_000_003 * c + i,
+                            source_label=names[labels[index]], source_id=str(ids[index]), source_index=index))
+    return jobs
+
+
 def _features(class_names: list[str]) -> datasets.Features:
     return datasets.Features({
         "image": datasets.Image(), "label": datasets.ClassLabel(names=class_names), "prompt": datasets.Value("string"),
