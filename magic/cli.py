@@ -195,24 +195,31 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     from .data import class_names, load_image_dataset
     from .generation import GenerationSettings, Generator
     from .generation.adapters import load_lora
-    from .generation.dataset import count_plan, generate_dataset, magic_plan, write_dataset_card
+    from .generation.dataset import (
+        count_plan,
+        generate_dataset,
+        magic_plan,
+        translation_plan,
+        write_dataset_card,
+    )
 
     generator = Generator.from_pretrained(args.model, device=args.device if args.device != "auto" else None)
     if args.lora:
         load_lora(generator.pipeline, args.lora)
     settings = GenerationSettings(steps=args.steps, guidance=args.guidance, strength=args.strength, seed=args.seed)
     source = None
-    if args.mode == "magic" and not args.source_data:
-        raise ValueError("--mode magic translates real images: give --source-data DATASET.")
+    if args.mode in ("magic", "translate") and not args.source_data:
+        raise ValueError(f"--mode {args.mode} translates real images: give --source-data DATASET.")
     if args.prompt_template is None:
         if generator.info is None:
             raise ValueError(f"{args.model} has no magic_generator.json: give --prompt-template, e.g. "
                              "'a microscopy image of a {name} white blood cell'.")
         args.prompt_template = generator.info.prompt_template
-    if args.mode == "magic":
+    if args.mode in ("magic", "translate"):
         source = load_image_dataset(args.source_data, split=args.source_split)
         names = class_names(source)
-        jobs = magic_plan(source, args.prompt_template, seed=args.seed)
+        jobs = magic_plan(source, args.prompt_template, seed=args.seed) if args.mode == "magic" else \
+            translation_plan(source, args.per_class, args.prompt_template, seed=args.seed)
     else:
         names = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else \
             (class_names(load_image_dataset(args.source_data, split=args.source_split)) if args.source_data else
@@ -521,9 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "per-image provenance); resumes after a kill.")
     gen.add_argument("--model", required=True, help="Pipeline folder, embedded id or Hub id.")
     gen.add_argument("--output", required=True, help="Dataset folder (created; an existing one is resumed).")
-    gen.add_argument("--mode", choices=["count", "magic"], default="count",
+    gen.add_argument("--mode", choices=["count", "magic", "translate"], default="count",
                      help="count: --per-class text-to-image images per class; magic: one image-to-image translation "
-                          "of every real image toward another condition.")
+                          "of every real image toward another condition; translate: --per-class image-to-image "
+                          "translations toward each class, from real images of other classes.")
     gen.add_argument("--classes", default="", help="Comma-separated class names (count mode; default: the "
                      "generator's own classes).")
     gen.add_argument("--per-class", type=int, default=128)
@@ -534,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", default="", help="A LoRA folder to load first.")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=5.0)
-    gen.add_argument("--strength", type=float, default=0.3, help="Image-to-image strength (magic mode).")
+    gen.add_argument("--strength", type=float, default=0.3,
+                     help="Image-to-image strength (magic and translate modes).")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--shard-size", type=int, default=256)
     gen.add_argument("--limit", type=int, default=0, help="Stop after this many new images (0: all).")

@@ -146,6 +146,30 @@ def test_magic_plan_translates_every_real_image_to_another_condition(pipeline_di
     assert set(data["mode"]) == {"i2i"} and data["source_id"] == [job.source_id for job in subset]
 
 
+def test_translate_mode_gives_a_count_per_class_from_images_of_other_classes(pipeline_dir, tiny_dataset, tmp_path):
+    import datasets
+
+    from magic.data import load_image_dataset
+    from magic.generation.dataset import translation_plan
+    from tests.test_cli import run_cli
+
+    source = load_image_dataset(tiny_dataset, split="test")
+    names = source.features["label"].names
+    jobs = translation_plan(source, 3, "a {name} shape", seed=2)
+    assert [job.label for job in jobs] == [name for name in names for _ in range(3)]
+    assert all(job.source_label != job.label and names[source[job.source_index]["label"]] == job.source_label
+               for job in jobs)
+    assert translation_plan(source, 5, "a {name} shape", seed=2)[:3] == jobs[:3]  # a larger count extends
+    out = tmp_path / "translated"
+    result = run_cli("generate-dataset", "--model", str(pipeline_dir), "--output", str(out), "--mode", "translate",
+                     "--source-data", str(tiny_dataset), "--source-split", "test", "--per-class", "2",
+                     "--prompt-template", "a {name} shape", "--steps", "2", "--strength", "0.5", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    data = datasets.load_dataset(str(out), split="train")
+    assert len(data) == 2 * len(names) and set(data["mode"]) == {"i2i"} and set(data["strength"]) == {0.5}
+    assert all(row["source_label"] != names[row["label"]] for row in data)
+
+
 def test_generate_dataset_cli_writes_a_loadable_dataset(pipeline_dir, tmp_path):
     import datasets
 
