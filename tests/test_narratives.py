@@ -252,26 +252,26 @@ def test_ham_narratives_pair_each_image_with_its_own_age_sex_and_site(ham_files,
     assert "cc-by-nc-4.0" in card and "HAM10000" in card
 
 
+def _write_csv(path, rows: list[dict]):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def test_ham_narratives_refuse_wrong_metadata(ham_files, tmp_path):
     from magic.narratives.ham import build_ham_narrative_dataset
 
-    rows = list(csv.DictReader(open(ham_files / "HAM10000_metadata.csv")))
-    bad = tmp_path / "bad.csv"
-    with open(bad, "w", newline="") as handle:  # a PAD-UFES-20 file given by mistake
-        csv.writer(handle).writerows([["patient_id", "lesion_id", "diagnostic"], ["P1", "1", "BCC"]])
+    with open(ham_files / "HAM10000_metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    bad = _write_csv(tmp_path / "bad.csv", [{"patient_id": "P1", "lesion_id": "1", "diagnostic": "BCC"}])  # PAD's
     with pytest.raises(ValueError, match="missing columns"):
         build_ham_narrative_dataset(bad, ham_files / "images", tmp_path / "o1")
-    swapped = tmp_path / "swapped.csv"
-    with open(swapped, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{**row, "dx": "mel" if row["dx"] != "mel" else "nv"} for row in rows])
+    swapped = _write_csv(tmp_path / "swapped.csv", [{**row, "dx": "mel" if row["dx"] != "mel" else "nv"}
+                                                     for row in rows])
     with pytest.raises(ValueError, match="same HAM10000 images"):
         build_ham_narrative_dataset(swapped, ham_files / "images", tmp_path / "o2")
-    partial = tmp_path / "partial.csv"
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows[: len(rows) // 2])
+    partial = _write_csv(tmp_path / "partial.csv", rows[: len(rows) // 2])
     with pytest.raises(ValueError, match="have no row in"):
         build_ham_narrative_dataset(partial, ham_files / "images", tmp_path / "o3")
