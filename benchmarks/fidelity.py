@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", required=True, help="Real dataset with the same classes.")
     parser.add_argument("--split", default="test")
     parser.add_argument("--per-class", type=int, default=128)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[5.0])
+    parser.add_argument("--guidance", type=float, nargs="*", default=[5.0],
+                        help="Guidance scales to measure; none (a bare --guidance): only the VAE's ceiling.")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prompt-template", default=None, help="Default: the generator's own (magic_generator.json).")
@@ -72,9 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     real_images, real_labels = [row["image"] for row in real], list(real["label"])
 
     to_judge = np.array([judge.label_names.index(name) for name in names])
-    reconstructed = vae_round_trip(generator, real_images)
-    reconstructed_predictions, _ = judge_outputs(judge, reconstructed)
-    vae_ceiling = float((reconstructed_predictions == to_judge[real_labels]).mean())
+    truth = to_judge[real_labels]
+    real_predictions, _ = judge_outputs(judge, real_images)
+    reconstructed_predictions, _ = judge_outputs(judge, vae_round_trip(generator, real_images))
+    vae_ceiling = float((reconstructed_predictions == truth).mean())
+
+    def per_class(predictions: np.ndarray) -> dict[str, float]:
+        return {name: float((predictions[truth == to_judge[i]] == to_judge[i]).mean()) for i, name in enumerate(names)}
 
     runs = []
     for guidance in args.guidance:
@@ -90,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
             _save_grid(images, requested, len(names), args.save_grid)
     result = {
         "generator": args.generator, "judge": args.judge, "data": args.data, "split": args.split,
-        "prompt_template": template, "judge_accuracy_on_vae_reconstructions": vae_ceiling, "runs": runs,
+        "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
+        "judge_per_class_on_real": per_class(real_predictions),
+        "judge_accuracy_on_vae_reconstructions": vae_ceiling,
+        "judge_per_class_on_vae_reconstructions": per_class(reconstructed_predictions), "runs": runs,
         "device": str(generator.device), "dtype": str(generator.pipeline.unet.dtype), "machine": platform.processor()
         or platform.machine(), "torch_threads": torch.get_num_threads(),
     }

@@ -175,12 +175,14 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     sizes = TinySDConfig(image_size=args.image_size, text_encoder=args.text_encoder,
                          **{name: value for name, value in given.items() if value})
     vae = VAETrainConfig(steps=args.vae_steps, batch_size=args.vae_batch_size or args.batch_size,
-                         lr=args.vae_lr, perceptual_weight=args.perceptual_weight)
+                         lr=args.vae_lr, perceptual_weight=args.perceptual_weight,
+                         perceptual_network=args.perceptual_network, consistency_weight=args.consistency_weight)
     unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr,
                                ema_decay=args.ema_decay)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
     output = train_generator(dataset, args.output, sizes, vae, unet, args.prompt_template, device=device,
-                             dataset_name=str(args.data), repo_id=args.repo_id, vae_from=args.vae_from)
+                             dataset_name=str(args.data), repo_id=args.repo_id, vae_from=args.vae_from,
+                             unet_from=args.unet_from)
     print(json.dumps({"output": str(output)}))
     return 0
 
@@ -248,13 +250,21 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
     if output.resolve() != source.resolve():
         _shutil.copytree(source, output, dirs_exist_ok=True)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
-    vae = AutoencoderKL.from_pretrained(output / "vae", use_safetensors=True, torch_dtype=None).float().to(device)
+    vae = AutoencoderKL.from_pretrained(output / "vae", use_safetensors=True).float().to(device)
     images = [row["image"] for row in load_image_dataset(args.data, split=args.split)]
     config = VAETrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, decoder_only=True,
-                            perceptual_weight=args.perceptual_weight, warmup_steps=min(100, args.steps // 10))
+                            perceptual_weight=args.perceptual_weight, perceptual_network=args.perceptual_network,
+                            consistency_weight=args.consistency_weight, warmup_steps=min(100, args.steps // 10))
     history = train_vae(vae, images, config)
     vae.save_pretrained(output / "vae", safe_serialization=True)
-    print(json.dumps({"output": str(output), "final_loss": history[-1]["loss"], "final_l1": history[-1]["l1"]}))
+    summary = {"data": str(args.data), "split": args.split, **config.to_dict(),
+               "final_loss": history[-1]["loss"], "final_l1": history[-1]["l1"]}
+    card = output / "README.md"
+    if card.is_file():  # the card says what was done to the pipeline it describes
+        card.write_text(card.read_text().rstrip() + "\n\n## Decoder fine-tune\n\nOnly the VAE decoder was "
+                        "fine-tuned after training (the encoder, the latent space and the UNet are unchanged):\n\n"
+                        f"```json\n{json.dumps(summary, indent=1)}\n```\n")
+    print(json.dumps({"output": str(output), **summary}))
     return 0
 
 
@@ -369,6 +379,16 @@ def cmd_experiment_augment(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+def _add_perceptual_arguments(parser: argparse.ArgumentParser) -> None:
+    from .generation.vae import VAETrainConfig
+
+    fields = VAETrainConfig.__dataclass_fields__
+    parser.add_argument("--perceptual-network", default=fields["perceptual_network"].default,
+                        help=fields["perceptual_network"].metadata["help"])
+    parser.add_argument("--consistency-weight", type=float, default=fields["consistency_weight"].default,
+                        help=fields["consistency_weight"].metadata["help"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .classifiers import TrainConfig
     from .narratives.dataset import NarrativeDatasetConfig
@@ -463,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ResNet layers per UNet block (default: TinySDConfig's).")
     tg.add_argument("--vae-from", default=None,
                     help="Reuse the trained VAE of this pipeline folder instead of training one (same sizes).")
+    tg.add_argument("--unet-from", default=None,
+                    help="Start the UNet stage from the UNet of this pipeline folder (continue training it for "
+                         "--unet-steps more steps; its sizes replace --unet-channels / --layers-per-block).")
     tg.add_argument("--vae-steps", type=int, default=2000)
     tg.add_argument("--vae-batch-size", type=int, default=None, help="VAE batch size (default: --batch-size).")
     tg.add_argument("--vae-lr", type=float, default=4e-4, help="VAE learning rate.")
@@ -471,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate.")
     tg.add_argument("--ema-decay", type=float, default=0.999, help="UNet weight EMA decay (0: off).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
+    _add_perceptual_arguments(tg)
     tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
     tg.add_argument("--device", default="auto")
     tg.add_argument("--repo-id", default="")
@@ -486,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, default=32)
     tune.add_argument("--lr", type=float, default=2e-4)
     tune.add_argument("--perceptual-weight", type=float, default=1.0)
+    _add_perceptual_arguments(tune)
     tune.add_argument("--device", default="auto")
     tune.set_defaults(func=cmd_tune_decoder)
 

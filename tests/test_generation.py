@@ -1,5 +1,8 @@
 """The generator on a tiny SD-architecture pipeline built in code: determinism, save/load, LoRA, textual inversion."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -208,12 +211,81 @@ def test_train_generator_cli_builds_a_loadable_pipeline_with_card(tiny_dataset, 
     assert images[0].size == (32, 32)
 
 
+def test_train_generator_continues_a_saved_vae_and_unet(pipeline_dir, tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    from magic.data import load_image_dataset
+    from magic.generation.recipe import train_generator
+    from magic.generation.vae import VAETrainConfig
+
+    data = load_image_dataset(tiny_dataset, split="train")
+    common = dict(dataset=data, sizes=TINY, vae_config=VAETrainConfig(steps=1), prompt_template="a {name} shape",
+                  vae_from=pipeline_dir, unet_from=pipeline_dir)
+    copied = train_generator(output=tmp_path / "copied", unet_config=DenoiserTrainConfig(steps=0), **common)
+    assert _same(Generator.from_pretrained(pipeline_dir).text_to_image("a disc shape", FAST),
+                 Generator.from_pretrained(copied).text_to_image("a disc shape", FAST))
+    continued = train_generator(output=tmp_path / "continued", **common,
+                                unet_config=DenoiserTrainConfig(steps=2, batch_size=4, lr=1e-4, warmup_steps=0))
+    start, after = (Generator.from_pretrained(f).pipeline.unet.state_dict() for f in (pipeline_dir, continued))
+    fresh = build_pipeline(TINY, seed=5).unet.state_dict()
+    moved = sum(float((after[k] - start[k]).norm()) for k in start)
+    assert 0 < moved < 0.1 * sum(float((fresh[k] - start[k]).norm()) for k in start)  # continued, not restarted
+    assert "started from the UNet of" in (continued / "README.md").read_text()
+    other = tmp_path / "other-latents"
+    build_pipeline(replace(TINY, latent_channels=4)).save_pretrained(other)
+    with pytest.raises(ValueError, match="does not fit this pipeline"):
+        train_generator(output=tmp_path / "bad", unet_config=DenoiserTrainConfig(steps=0),
+                        **{**common, "unet_from": other})
+
+
 def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise():
     from magic.generation.vae import PerceptualLoss
 
     loss = PerceptualLoss()
     a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     assert float(loss(a, a)) == 0.0 and float(loss(a, b)) > 0.0
+
+
+def test_domain_perceptual_loss_compares_a_classifiers_features_and_class_probabilities(tiny_classifier_dir):
+    from magic.generation.vae import PerceptualLoss
+
+    loss = PerceptualLoss(str(tiny_classifier_dir))
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    same_features, same_kl = loss.terms(a, a, with_classes=True)
+    assert float(same_features) == 0.0 and abs(float(same_kl)) < 1e-6
+    b.requires_grad_(True)
+    features, kl = loss.terms(b, a, with_classes=True)
+    assert features.item() > 0.0 and kl.item() > 0.0
+    (features + kl).backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0  # the reconstruction side carries the gradient
+
+
+def test_class_consistency_without_a_classifier_is_refused_before_training(pipeline_dir, shapes):
+    from diffusers import AutoencoderKL
+
+    from magic.generation.vae import VAETrainConfig, train_vae
+
+    vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+    with pytest.raises(ValueError, match="needs a domain classifier"):
+        train_vae(vae, shapes[0], VAETrainConfig(steps=1, batch_size=2, consistency_weight=1.0))
+
+
+def test_tune_decoder_with_class_consistency_changes_only_the_decoder(pipeline_dir, tiny_dataset,
+                                                                      tiny_classifier_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "tuned"
+    result = run_cli("tune-decoder", "--generator", str(pipeline_dir), "--data", str(tiny_dataset), "--output",
+                     str(out), "--steps", "3", "--batch-size", "4", "--device", "cpu",
+                     "--perceptual-network", str(tiny_classifier_dir), "--consistency-weight", "1.0")
+    assert result.returncode == 0, result.stderr
+    before, after = (AutoencoderKL.from_pretrained(folder / "vae").state_dict() for folder in (pipeline_dir, out))
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    assert json_line(result.stdout)["consistency_weight"] == 1.0
+    Generator.from_pretrained(out).text_to_image("a disc shape", FAST)  # still a working pipeline
 
 
 def test_export_without_text_encoder_uses_the_wheels_minilm_and_gives_identical_images(tmp_path):

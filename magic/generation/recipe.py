@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..cards import TEMPLATES_DIR, dataset_info
@@ -28,11 +28,15 @@ def train_generator(
     dataset_name: str = "",
     repo_id: str = "",
     vae_from: str | os.PathLike | None = None,
+    unet_from: str | os.PathLike | None = None,
 ) -> Path:
     """Build a new pipeline of ``sizes``, train it on ``dataset`` and save it (with a card) to ``output``.
 
     ``vae_from`` (a pipeline folder, or a folder holding a diffusers ``AutoencoderKL``) reuses an already trained
-    VAE of the same sizes, so the UNet can be retrained without repeating the VAE stage.
+    VAE of the same sizes, so the UNet can be retrained without repeating the VAE stage. ``unet_from`` (a pipeline
+    folder, or a folder holding a diffusers ``UNet2DConditionModel``) starts the UNet stage from that UNet instead
+    of a new one: training continues (with a fresh optimiser and schedule) for ``unet_config.steps`` more steps.
+    Both together continue a whole pipeline; the latent space must be the one that UNet was trained on.
     """
     names = dataset.features["label"].names
     images = [row["image"] for row in dataset]
@@ -48,10 +52,14 @@ def train_generator(
         vae_history = train_vae(pipeline.vae, images, vae_config)
         pipeline.vae.register_to_config(scaling_factor=latent_scaling_factor(pipeline.vae, images))
         vae_note = f"{asdict(vae_config)}, final loss {vae_history[-1]['loss']:.4f}"
+    if unet_from is not None:
+        pipeline.unet = _load_unet(Path(unet_from), pipeline).to(device)
     unet_note = "not trained (--unet-steps 0)"
     if unet_config.steps > 0:
         unet_history = train_denoiser(pipeline, images, prompts, unet_config)
         unet_note = f"{unet_config.to_dict()}, final loss {unet_history[-1]['loss']:.4f}"
+    if unet_from is not None:
+        unet_note = f"started from the UNet of {Path(unet_from).name}; {unet_note}"
     output = Path(output)
     pipeline.save_pretrained(output, safe_serialization=True)
     GeneratorInfo(label_names=list(names), prompt_template=prompt_template,
@@ -74,3 +82,18 @@ def train_generator(
     )
     card.save(output / "README.md")
     return output
+
+
+def _load_unet(folder: Path, pipeline) -> UNet2DConditionModel:
+    """The UNet saved in ``folder`` (or ``folder/unet``) in float32, checked against ``pipeline``'s VAE and text
+    encoder."""
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet" if (folder / "unet").is_dir() else folder,
+                                                use_safetensors=True).float()
+    expected = {"in_channels": pipeline.vae.config.latent_channels,
+                "sample_size": pipeline.vae.config.sample_size // pipeline.vae_scale_factor,
+                "cross_attention_dim": pipeline.text_encoder.config.hidden_size}
+    wrong = {key: (unet.config[key], value) for key, value in expected.items() if unet.config[key] != value}
+    if wrong:
+        raise ValueError(f"The UNet in {folder} does not fit this pipeline (found, needed): {wrong}. Continue a "
+                         "UNet only with the VAE sizes and text encoder it was trained with.")
+    return unet

@@ -1,7 +1,11 @@
-"""Train the small pipeline's VAE: L1 + perceptual (frozen ImageNet EfficientNet-Lite0 features) + a small KL.
+"""Train the small pipeline's VAE: L1 + perceptual (frozen feature maps) + class consistency + a small KL.
 
 The design notes measured that a plain VAE blurs granules (basophils, immature granulocytes); the perceptual term
-compares multi-scale ImageNet feature maps of input and reconstruction so texture, not just colour, is kept.
+compares multi-scale feature maps of input and reconstruction so texture, not just colour, is kept. The feature
+network is the packaged ImageNet EfficientNet-Lite0 by default, or a classifier trained on the domain (for blood
+cells: ``magic-suite/wbc-classifier``), whose features are the ones that tell the classes apart; with such a
+classifier a *class-consistency* term (KL between its class probabilities on the input and on the reconstruction)
+asks the reconstruction to keep what makes a basophil a basophil. Judge the result with a different classifier.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ class VAETrainConfig:
     lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate."})
     kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term."})
     perceptual_weight: float = field(default=0.5, metadata={"help": "Weight of the feature-map term (0: off)."})
+    perceptual_network: str = field(default="imagenet", metadata={
+        "help": "Feature network of the perceptual term: 'imagenet' (the packaged ImageNet EfficientNet-Lite0) or "
+                "an image classifier (folder or model id, e.g. magic-suite/wbc-classifier) trained on the domain."})
+    consistency_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the class-consistency term: KL between the classifier's class probabilities on the "
+                "input and on its reconstruction (needs a classifier as perceptual_network; 0: off)."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps before the cosine decay."})
     decoder_only: bool = field(default=False, metadata={
         "help": "Train only the decoder (the encoder and so the latent space stay fixed): improves the images of "
@@ -44,25 +54,73 @@ class VAETrainConfig:
 
 
 class PerceptualLoss(torch.nn.Module):
-    """Mean L1 distance between normalised feature maps of a frozen ImageNet EfficientNet-Lite0 (3 scales)."""
+    """Mean L1 distance between normalised feature maps (3 scales) of a frozen network, and optionally the KL
+    between its class probabilities on target and reconstruction.
 
-    def __init__(self):
+    ``network`` is ``"imagenet"`` (the packaged ImageNet EfficientNet-Lite0) or any saved image classifier
+    (folder or model id) with timm's ``forward_intermediates``; images are resized to its input size and
+    normalised with its mean and std.
+    """
+
+    def __init__(self, network: str = "imagenet"):
         super().__init__()
-        from ..classifiers.pretrained import load_packaged_weights
+        if network == "imagenet":
+            from ..classifiers.pretrained import load_packaged_weights
 
-        self.net = timm.create_model("tf_efficientnet_lite0")
-        load_packaged_weights(self.net, "tf_efficientnet_lite0")
+            self.net = timm.create_model("tf_efficientnet_lite0")
+            load_packaged_weights(self.net, "tf_efficientnet_lite0")
+            self.size, mean, std, self.has_classes = None, (0.5,) * 3, (0.5,) * 3, False
+        else:
+            from ..classifiers import load_classifier
+
+            classifier = load_classifier(network)
+            if not hasattr(classifier.model, "forward_intermediates"):
+                raise ValueError(f"The perceptual network {network!r} ({classifier.architecture}) has no timm "
+                                 "forward_intermediates; choose a timm CNN classifier or 'imagenet'.")
+            self.net = classifier.model.float()
+            preprocess = classifier.preprocess
+            self.size, mean, std = preprocess.input_size[-1], preprocess.mean, preprocess.std
+            self.has_classes = True
         self.net.requires_grad_(False).eval()
+        # pixels arrive in [-1, 1]; the network wants (x - mean) / std of [0, 1] pixels
+        self.register_buffer("scale", 0.5 / torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (0.5 - torch.tensor(mean)).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1),
+                             persistent=False)
 
-    def _features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        return self.net.forward_intermediates(pixels, indices=(1, 2, 3), intermediates_only=True)
+    def _prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.size is not None and pixels.shape[-1] != self.size:
+            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bicubic", align_corners=False)
+        return pixels * self.scale + self.shift
+
+    def _features(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        if not self.has_classes:
+            return self.net.forward_intermediates(pixels, indices=(1, 2, 3), intermediates_only=True), None
+        final, intermediates = self.net.forward_intermediates(pixels, indices=(1, 2, 3))
+        return intermediates, self.net.forward_head(final)
+
+    def terms(self, reconstruction: torch.Tensor, target: torch.Tensor, with_classes: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feature distance and (``with_classes``, classifier networks only) the KL of the class probabilities on
+        the target to those on the reconstruction; both images in [-1, 1], gradients only through
+        ``reconstruction``."""
+        if with_classes and not self.has_classes:
+            raise ValueError("The class-consistency term needs a classifier as the perceptual network, not "
+                             "'imagenet'.")
+        ours, ours_logits = self._features(self._prepare(reconstruction))
+        with torch.no_grad():
+            theirs, theirs_logits = self._features(self._prepare(target))
+        distance = reconstruction.new_zeros((), dtype=torch.float32)
+        for a, b in zip(ours, theirs):
+            distance = distance + F.l1_loss(F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1))
+        if not with_classes:
+            return distance, None
+        kl = F.kl_div(F.log_softmax(ours_logits.float(), -1), F.log_softmax(theirs_logits.float(), -1),
+                      log_target=True, reduction="batchmean")
+        return distance, kl
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # both in [-1, 1], which is the network's own normalisation (mean = std = 0.5)
-        loss = reconstruction.new_zeros(())
-        for a, b in zip(self._features(reconstruction), self._features(target)):
-            loss = loss + F.l1_loss(F.normalize(a, dim=1), F.normalize(b, dim=1))
-        return loss
+        """The feature distance between ``reconstruction`` and ``target`` (both in [-1, 1])."""
+        return self.terms(reconstruction, target)[0]
 
 
 def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig,
@@ -76,7 +134,11 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
                                     transforms.CenterCrop(size), transforms.RandomHorizontalFlip(),
                                     transforms.RandomVerticalFlip(), transforms.ToTensor(),
                                     transforms.Normalize([0.5], [0.5])])
-    perceptual = PerceptualLoss().to(device) if config.perceptual_weight > 0 else None
+    if config.consistency_weight > 0 and config.perceptual_network == "imagenet":
+        raise ValueError("consistency_weight needs a domain classifier as perceptual_network (e.g. "
+                         "magic-suite/wbc-classifier), not 'imagenet'.")
+    perceptual = (PerceptualLoss(config.perceptual_network).to(device)
+                  if config.perceptual_weight > 0 or config.consistency_weight > 0 else None)
     vae.requires_grad_(False)
     trained = [vae.decoder, vae.post_quant_conv] if config.decoder_only else [vae]
     for module in trained:
@@ -99,7 +161,10 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
             if not config.decoder_only:
                 loss = loss + config.kl_weight * posterior.kl().float().mean() / pixels[0].numel()
             if perceptual is not None:
-                loss = loss + config.perceptual_weight * perceptual(reconstruction, pixels)
+                distance, kl = perceptual.terms(reconstruction, pixels, with_classes=config.consistency_weight > 0)
+                loss = loss + config.perceptual_weight * distance
+                if kl is not None:
+                    loss = loss + config.consistency_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
