@@ -103,3 +103,16 @@ def write_classifier_card(folder: str | os.PathLike, **kwargs) -> Path:
     path = Path(folder) / "README.md"
     classifier_card(**kwargs).save(path)
     return path
+
+
+def model_license(model_id: str) -> str:
+    """The Hub licence in the card of a model folder or id (an adapter inherits its base's); 'other' when the card
+    is missing or says none."""
+    from huggingface_hub import metadata_load
+
+    from .hub import resolve_model
+
+    try:
+        return (metadata_load(resolve_model(model_id) / "README.md") or {}).get("license", "other")
+    except Exception:  # noqa: BLE001 (a base without a readable card: say so rather than guess)
+        return "other"

@@ -230,11 +230,38 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
             raise ValueError("Name the classes with --classes a,b,c or --source-data DATASET (or use a generator "
                              "with a magic_generator.json).")
         jobs = count_plan(names, args.per_class, args.prompt_template, seed=args.seed)
-    written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
-                               shard_size=args.shard_size, lora=args.lora, limit=args.limit or None)
+    if args.class_loras:
+        if args.mode != "count" or args.lora or args.limit:
+            raise ValueError("--class-loras draws text-to-image images per class (count mode) and does not combine "
+                             "with --lora or --limit.")
+        from .generation.class_loras import generate_with_class_loras
+
+        loras = {name: Path(args.class_loras) / name for name in names
+                 if (Path(args.class_loras) / name / "pytorch_lora_weights.safetensors").is_file()}
+        written = generate_with_class_loras(generator, jobs, args.output, names, settings, loras,
+                                            shard_size=args.shard_size)
+    else:
+        written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
+                                   shard_size=args.shard_size, lora=args.lora, limit=args.limit or None)
     write_dataset_card(args.output, names, str(args.model), settings, license=args.license,
                        source_dataset=args.source_data, description=args.description)
     print(json.dumps({"output": args.output, "written": written, "planned": len(jobs)}))
+    return 0
+
+
+def cmd_train_class_loras(args: argparse.Namespace) -> int:
+    from .data import load_image_dataset
+    from .generation import Generator
+    from .generation.class_loras import ClassLoRAConfig, train_class_loras
+
+    generator = Generator.from_pretrained(args.generator, device=args.device if args.device != "auto" else None)
+    template = args.prompt_template or (generator.info.prompt_template if generator.info else None)
+    if template is None:
+        raise ValueError(f"{args.generator} has no magic_generator.json: give --prompt-template with {{name}}.")
+    classes = [name.strip() for name in args.classes.split(",") if name.strip()] or None
+    folders = train_class_loras(generator, load_image_dataset(args.data, split=args.split), args.output,
+                                dataclass_from_args(ClassLoRAConfig, args), template, classes=classes)
+    print(json.dumps({"output": args.output, "loras": {name: str(folder) for name, folder in folders.items()}}))
     return 0
 
 
@@ -500,6 +527,20 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--repo-id", default="")
     tg.set_defaults(func=cmd_train_generator)
 
+    from .generation.class_loras import ClassLoRAConfig
+
+    loras = commands.add_parser("train-class-loras", help="CytoDiff: one LoRA per class, each from k real images of "
+                                                          "that class (use them with generate-dataset --class-loras).")
+    loras.add_argument("--generator", required=True, help="Base pipeline folder, embedded id or Hub id.")
+    loras.add_argument("--data", required=True, help="Real labelled dataset the shots come from.")
+    loras.add_argument("--split", default="train")
+    loras.add_argument("--output", required=True, help="Folder for OUTPUT/CLASS LoRAs (finished classes are kept).")
+    loras.add_argument("--classes", default="", help="Comma-separated classes (default: every class in --data).")
+    loras.add_argument("--prompt-template", default=None, help="Default: the generator's own.")
+    loras.add_argument("--device", default="auto")
+    add_dataclass_arguments(loras, ClassLoRAConfig)
+    loras.set_defaults(func=cmd_train_class_loras)
+
     tune = commands.add_parser("tune-decoder", help="Fine-tune only the VAE decoder of a trained pipeline (the "
                                                     "latent space, and so the UNet, stay valid).")
     tune.add_argument("--generator", required=True, help="Pipeline folder.")
@@ -565,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-template", default=None,
                      help="Prompt with {name} (default: the generator's own, from its magic_generator.json).")
     gen.add_argument("--lora", default="", help="A LoRA folder to load first.")
+    gen.add_argument("--class-loras", default="", help="A folder of per-class LoRAs (FOLDER/CLASS, as "
+                     "train-class-loras writes): each class is drawn with its own LoRA (CytoDiff).")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=5.0)
     gen.add_argument("--strength", type=float, default=0.3,

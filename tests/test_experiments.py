@@ -74,7 +74,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
     report, _ = fast_run
     plan = plan_runs(load_config(CONFIG).with_fast_caps())
     ids = [run["run_id"] for run in report["runs"]]
-    assert len(ids) == len(set(ids)) == len(plan) == 12
+    assert len(ids) == len(set(ids)) == len(plan) == 14
     assert ids == [run.run_id for run in plan]
     assert {run.kind for run in plan} == {"real-only", "synthetic", "extra-real", "classic-augmentation"}
     for run in report["runs"]:
@@ -84,7 +84,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
     out = workspace / "out"
     assert sorted(path.stem for path in (out / "runs").glob("*.json")) == sorted(ids)
     assert json.loads((out / "report.json").read_text())["runs"] == report["runs"]
-    assert report["ran"] == 12 and report["skipped"] == 0 and report["wall_s"] > 0
+    assert report["ran"] == 14 and report["skipped"] == 0 and report["wall_s"] > 0
     markdown = (out / "report.md").read_text()
     for text in ("| tiny | real-only |", "| tiny | +untuned | 4 | 0.5 | 2 |", "+extra-real", "classic-augmentation",
                  "27.3", "78.4", "61.8", "76.8", "29.3", "25.6", "31.5", "38.3", "13.89",
@@ -96,7 +96,7 @@ def test_every_planned_run_appears_once_with_metrics_in_range(fast_run, workspac
 
 def test_mean_and_std_are_computed_from_the_per_seed_numbers(fast_run):
     report, _ = fast_run
-    assert len(report["conditions"]) == 6
+    assert len(report["conditions"]) == 7
     for row in report["conditions"]:
         members = [run for run in report["runs"] if run["condition"] == row["condition"]
                    and run["per_class"] == row["per_class"] and run["share"] == row["share"]]
@@ -114,7 +114,7 @@ def test_mean_and_std_are_computed_from_the_per_seed_numbers(fast_run):
 def test_metrics_come_from_the_real_test_split_and_synthetic_images_only_enter_training(fast_run, workspace):
     report, calls = fast_run
     real = _real(workspace)
-    assert len(calls["evaluate"]) == len(calls["train"]) == 12
+    assert len(calls["evaluate"]) == len(calls["train"]) == 14
     for dataset in calls["evaluate"]:
         assert dataset._fingerprint == real["test"]._fingerprint and len(dataset) == 18
         assert ORIGIN_COLUMN not in dataset.column_names
@@ -123,7 +123,8 @@ def test_metrics_come_from_the_real_test_split_and_synthetic_images_only_enter_t
         assert ORIGIN_COLUMN not in call["val"].column_names
     assert all(run["test"]["n"] == len(real["test"]) == report["test_size"] for run in report["runs"])
     origins = {origin for call in calls["train"] for origin in call["train"][ORIGIN_COLUMN]}
-    assert origins == {"real", "extra-real", "synthetic:untuned", "synthetic:pregenerated", "synthetic:translated"}
+    assert origins == {"real", "extra-real", "synthetic:untuned", "synthetic:pregenerated", "synthetic:translated",
+                       "synthetic:class-loras"}
     for run, call in zip(report["runs"], calls["train"]):
         assert run["train_images"]["total"] == len(call["train"])
         if run["kind"] == "synthetic":
@@ -237,6 +238,35 @@ def test_translated_images_come_from_each_seeds_own_real_images_toward_other_cla
     assert set(report["synthetic_sources"]["translated"]["per_seed"]) == {f"seed-{s}" for s in config["seeds"]}
 
 
+def test_class_lora_images_come_from_loras_learnt_on_each_seeds_own_real_images(fast_run, workspace):
+    report, calls = fast_run
+    real = _real(workspace)
+    config = report["config"]
+    for seed in config["seeds"]:
+        base = real_subset(real["train"], seed, config["imbalanced"], config["k_shot"], config["total"],
+                           config["min_per_class"])
+        cache = workspace / "out" / "synthetic" / "class-loras" / f"seed-{seed}"
+        pool = load_image_dataset(cache, split="train")
+        assert len(pool) == 4 * len(TINY_CLASSES) and set(pool["mode"]) == {"t2i"}
+        for name in TINY_CLASSES:
+            learnt = json.loads((cache / "loras" / name / "magic_class_lora.json").read_text())
+            assert learnt["class"] == name and learnt["real_images"] == 2 and learnt["rank"] == 4
+            # the shots are this seed's own real images of that class (rows of the real train split)
+            own = {str(row[INDEX_COLUMN]) for row in base if TINY_CLASSES[row["label"]] == name}
+            assert len(learnt["source_ids"]) == 2 and set(learnt["source_ids"]) <= own
+        row = pool[6]
+        assert Path(row["lora"]) == cache / "loras" / TINY_CLASSES[row["label"]]
+        generator = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+        generator.pipeline.load_lora_weights(row["lora"])
+        fresh = generator.text_to_image(row["prompt"], GenerationSettings(steps=2, guidance=2.0, seed=row["seed"]))[0]
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(fresh))
+        run = next(r for r in report["runs"] if r["source"] == "class-loras" and r["seed"] == seed)
+        call = calls["train"][report["runs"].index(run)]
+        origins = call["train"][ORIGIN_COLUMN]
+        assert sum(origin == "synthetic:class-loras" for origin in origins) == 4 * len(TINY_CLASSES)
+    assert report["synthetic_sources"]["class-loras"]["mode"] == "per-class-lora"
+
+
 def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, monkeypatch):
     out = workspace / "out"
     stamps = {path: path.stat().st_mtime_ns for path in [*(out / "runs").glob("*.json"),
@@ -249,7 +279,7 @@ def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, 
     monkeypatch.setattr(Generator, "from_pretrained", refuse)
     monkeypatch.chdir(workspace)
     again = run_augment_experiment(CONFIG, out, fast=True)
-    assert again["ran"] == 0 and again["skipped"] == 12
+    assert again["ran"] == 0 and again["skipped"] == 14
     assert again["runs"] == fast_run[0]["runs"]
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     with pytest.raises(ConfigError, match="other settings"):  # the full run must not reuse fast results
@@ -268,6 +298,12 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
         config_from_dict({**good, "synthetic_sources": [{"name": "both", "dataset": "a", "generator": "b"}]})
     with pytest.raises(ConfigError, match="image-to-image needs `generator`"):
         config_from_dict({**good, "synthetic_sources": [{"name": "i2i", "dataset": "a", "mode": "image-to-image"}]})
+    with pytest.raises(ConfigError, match=r"class_lora: shots, rank"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "per-class-lora",
+                                                         "class_lora": {"shots": 0}}]})
+    with pytest.raises(ConfigError, match="drop `lora`"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "per-class-lora",
+                                                         "lora": "runs/feedback/lora"}]})
     with pytest.raises(ConfigError, match="mode 'inpaint' is not supported"):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "inpaint"}]})
     with pytest.raises(ConfigError, match="synthetic_share"):
@@ -290,8 +326,8 @@ def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["runs"] == summary["ran"] == 12 and summary["fast"] is True
-    assert len(summary["conditions"]) == 6
+    assert summary["runs"] == summary["ran"] == 14 and summary["fast"] is True
+    assert len(summary["conditions"]) == 7
     out = workspace / "cli-out"
     assert (out / "report.md").is_file() and (out / "macro_f1_vs_synthetic.png").is_file()
     report = json.loads((out / "report.json").read_text())

@@ -190,6 +190,57 @@ def test_generate_dataset_cli_writes_a_loadable_dataset(pipeline_dir, tmp_path):
     assert bad.returncode == 2 and "--source-data" in bad.stderr
 
 
+def test_class_loras_are_learnt_per_class_and_draw_that_classs_images(pipeline_dir, tiny_dataset, tmp_path):
+    """CytoDiff: a LoRA per class from k real images; the dataset drawn with them records which LoRA made each
+    image, and that LoRA loaded into a fresh pipeline reproduces the image exactly."""
+    import datasets
+
+    from tests.test_cli import run_cli
+
+    loras = tmp_path / "loras"
+    result = run_cli("train-class-loras", "--generator", str(pipeline_dir), "--data", str(tiny_dataset), "--output",
+                     str(loras), "--shots", "2", "--steps", "2", "--batch-size", "2", "--rank", "4",
+                     "--prompt-template", "a {name} shape", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json_line(result.stdout)["loras"]) == ["cross", "disc", "square"]
+    settings = json.loads((loras / "disc" / "magic_class_lora.json").read_text())
+    assert settings["real_images"] == 2 and settings["rank"] == 4
+    assert all(name.startswith("disc/train_") for name in settings["source_ids"])  # the tiny set's source_file
+    assert "cytodiff" in (loras / "disc" / "README.md").read_text()
+    written_at = (loras / "disc" / "pytorch_lora_weights.safetensors").stat().st_mtime_ns
+    again = run_cli("train-class-loras", "--generator", str(pipeline_dir), "--data", str(tiny_dataset), "--output",
+                    str(loras), "--shots", "2", "--steps", "2", "--prompt-template", "a {name} shape")
+    assert again.returncode == 0, again.stderr
+    # finished classes are kept, not retrained
+    assert (loras / "disc" / "pytorch_lora_weights.safetensors").stat().st_mtime_ns == written_at
+
+    out = tmp_path / "synthetic"
+    result = run_cli("generate-dataset", "--model", str(pipeline_dir), "--output", str(out), "--class-loras",
+                     str(loras), "--classes", "disc,square", "--per-class", "2", "--steps", "3",
+                     "--prompt-template", "a {name} shape", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = datasets.load_dataset(str(out), split="train")
+    assert [Path(lora).name for lora in rows["lora"]] == ["disc", "disc", "square", "square"]
+    row = rows[2]
+    generator = Generator.from_pretrained(pipeline_dir)
+    generator.pipeline.load_lora_weights(row["lora"])
+    again = generator.text_to_image(row["prompt"], GenerationSettings(steps=row["steps"], guidance=row["guidance"],
+                                                                      seed=row["seed"]))[0]
+    assert np.array_equal(np.asarray(again), np.asarray(row["image"].convert("RGB")))
+    plain = Generator.from_pretrained(pipeline_dir).text_to_image(row["prompt"], GenerationSettings(
+        steps=row["steps"], guidance=row["guidance"], seed=row["seed"]))[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(again))  # the LoRA changed the image
+
+
+def test_class_loras_refuse_a_class_without_real_images(pipeline_dir, tiny_dataset, tmp_path):
+    from magic.data import load_image_dataset
+    from magic.generation.class_loras import ClassLoRAConfig, train_class_loras
+
+    with pytest.raises(ValueError, match="No real image of \\['blob'\\]"):
+        train_class_loras(Generator.from_pretrained(pipeline_dir), load_image_dataset(tiny_dataset, split="train"),
+                          tmp_path, ClassLoRAConfig(steps=1), "a {name} shape", classes=["blob"])
+
+
 def json_line(stdout: str) -> dict:
     import json
 

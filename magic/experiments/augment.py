@@ -20,7 +20,6 @@ from ..data.datasets import DatasetFormatError, class_names, labels_of, load_ima
 from .config import (
     CLASSIC,
     EXTRA_REAL,
-    IMAGE_TO_IMAGE,
     REAL_ONLY,
     SYNTHETIC,
     AugmentExperimentConfig,
@@ -96,17 +95,17 @@ class _Experiment:
             if not runs:
                 continue
             count = max(run.per_class for run in runs)
-            if source.mode != IMAGE_TO_IMAGE:
+            if not source.per_seed:
                 self.log(f"synthetic source {source.name}: {count} images per class")
                 self.pools[source.name, None], self.sources[source.name] = source_pool(source, self.names, count,
                                                                                        self.output)
                 continue
             facts = {}
-            for seed in sorted({run.seed for run in runs}):  # translated from each seed's own real images
-                self.log(f"synthetic source {source.name}, seed {seed}: {count} translated images per class")
+            for seed in sorted({run.seed for run in runs}):  # made from each seed's own real images
+                self.log(f"synthetic source {source.name}, seed {seed}: {count} images per class ({source.mode})")
                 self.pools[source.name, seed], facts[f"seed-{seed}"] = source_pool(
                     source, self.names, count, self.output, real=self.base(seed), seed=seed)
-            self.sources[source.name] = {"mode": IMAGE_TO_IMAGE, "per_seed": facts}
+            self.sources[source.name] = {"mode": source.mode, "per_seed": facts}
 
     def base(self, seed: int) -> datasets.Dataset:
         if seed not in self._bases:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..classifiers.train import TrainConfig
 from ..data.transforms import AugmentConfig
+from ..generation.class_loras import ClassLoRAConfig
 
 
 class ConfigError(ValueError):
@@ -33,7 +34,8 @@ class ClassifierSpec:
 
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
-MODES = (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)
+CLASS_LORA = "per-class-lora"
+MODES = (TEXT_TO_IMAGE, IMAGE_TO_IMAGE, CLASS_LORA)
 
 
 @dataclass
@@ -50,8 +52,12 @@ class SyntheticSource:
                 "OUTPUT/synthetic/NAME so reruns do not regenerate."})
     lora: str = field(default="", metadata={"help": "A LoRA folder to load into the generator first (optional)."})
     mode: str = field(default="text-to-image", metadata={
-        "help": "text-to-image (class prompts), or image-to-image: MAGIC's translation of the run's own real "
-                "training images toward another class (target != source), generated per seed."})
+        "help": "text-to-image (class prompts); image-to-image: MAGIC's translation of the run's own real "
+                "training images toward another class (target != source), generated per seed; or per-class-lora: "
+                "CytoDiff's one LoRA per class learnt from `class_lora.shots` of the run's own real images of that "
+                "class, then text-to-image with it, per seed."})
+    class_lora: ClassLoRAConfig = field(default_factory=ClassLoRAConfig, metadata={
+        "help": "per-class-lora only: how each class's LoRA is learnt (shots, rank, steps, batch_size, lr, seed)."})
     strength: float = field(default=0.6, metadata={
         "help": "Image-to-image only: how far from the source image (0-1; higher keeps less of it)."})
     prompt_template: str = field(default="", metadata={
@@ -69,21 +75,29 @@ class SyntheticSource:
         if self.mode not in MODES:
             raise ConfigError(f"Synthetic source {self.name!r}: mode {self.mode!r} is not supported; use one of "
                               f"{', '.join(MODES)}.")
-        if self.mode == IMAGE_TO_IMAGE and not self.generator:
-            raise ConfigError(f"Synthetic source {self.name!r}: image-to-image needs `generator` (the images are "
-                              "translated from each seed's real training set).")
+        if self.per_seed and not self.generator:
+            raise ConfigError(f"Synthetic source {self.name!r}: {self.mode} needs `generator` (the images are made "
+                              "from each seed's real training set).")
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"Synthetic source {self.name!r}: strength must be in (0, 1], got {self.strength}.")
+        if self.lora and self.mode == CLASS_LORA:
+            raise ConfigError(f"Synthetic source {self.name!r}: per-class-lora learns its own LoRAs; drop `lora`.")
         if self.lora and not self.generator:
             raise ConfigError(f"Synthetic source {self.name!r}: `lora` needs `generator`.")
         if self.prompt_template and "{name}" not in self.prompt_template:
             raise ConfigError(f"Synthetic source {self.name!r}: prompt_template must contain {{name}}.")
 
+    @property
+    def per_seed(self) -> bool:
+        """Whether the images come from each seed's own real training set (so are made, and cached, per seed)."""
+        return self.mode in (IMAGE_TO_IMAGE, CLASS_LORA)
+
     def cache_key(self) -> dict[str, Any]:
         """The settings that decide the generated images (the per-class count is not one: caches grow)."""
         keys = ("generator", "lora", "mode", "prompt_template", "steps", "guidance", "seed")
         return {key: getattr(self, key) for key in keys} | (
-            {"strength": self.strength} if self.mode == IMAGE_TO_IMAGE else {})
+            {"strength": self.strength} if self.mode == IMAGE_TO_IMAGE else {}) | (
+            {"class_lora": self.class_lora.to_dict()} if self.mode == CLASS_LORA else {})
 
 
 @dataclass
@@ -107,6 +121,7 @@ class FastMode:
     generation_steps: int = field(default=2, metadata={"help": "Denoising steps of generated images."})
     max_synthetic_per_class: int = field(default=4, metadata={"help": "Cap on each synthetic_per_class value."})
     max_seeds: int = field(default=2, metadata={"help": "Seeds kept (the first ones)."})
+    max_lora_steps: int = field(default=2, metadata={"help": "Optimiser steps of each per-class LoRA."})
 
 
 @dataclass
@@ -176,8 +191,10 @@ class AugmentExperimentConfig:
         classifiers = [ClassifierSpec(spec.name, dataclasses.replace(
             spec.train, max_steps=min(spec.train.max_steps or caps.max_steps, caps.max_steps), eval_every=1))
             for spec in self.classifiers]
-        sources = [dataclasses.replace(source, steps=min(source.steps, caps.generation_steps))
-                   for source in self.synthetic_sources]
+        sources = [dataclasses.replace(
+            source, steps=min(source.steps, caps.generation_steps),
+            class_lora=dataclasses.replace(source.class_lora, steps=min(source.class_lora.steps, caps.max_lora_steps)))
+            for source in self.synthetic_sources]
         return dataclasses.replace(self, synthetic_per_class=counts, seeds=self.seeds[: caps.max_seeds],
                                    classifiers=classifiers, synthetic_sources=sources)
 
@@ -233,6 +250,13 @@ def _classifier(values: Any, where: str) -> ClassifierSpec:
     return ClassifierSpec(name=name, train=_build(TrainConfig, values, where))
 
 
+def _synthetic_source(values: Any, where: str) -> SyntheticSource:
+    values = _check_keys(SyntheticSource, values, where)
+    if "class_lora" in values:
+        values["class_lora"] = _build(ClassLoRAConfig, values["class_lora"] or {}, f"{where}.class_lora")
+    return _build(SyntheticSource, values, where)
+
+
 def config_from_dict(values: Any, source: str = "experiment config") -> AugmentExperimentConfig:
     """Build a config from plain data (parsed YAML), raising ConfigError for unknown or missing keys."""
     values = _check_keys(AugmentExperimentConfig, values, source, extra=("classifier",))
@@ -244,7 +268,7 @@ def config_from_dict(values: Any, source: str = "experiment config") -> AugmentE
         values["classifiers"] = [single]
     values["classifiers"] = [_classifier(item, f"{source}: classifiers[{index}]")
                              for index, item in enumerate(values.get("classifiers") or [])]
-    values["synthetic_sources"] = [_build(SyntheticSource, item, f"{source}: synthetic_sources[{index}]")
+    values["synthetic_sources"] = [_synthetic_source(item, f"{source}: synthetic_sources[{index}]")
                                    for index, item in enumerate(values.get("synthetic_sources") or [])]
     if "controls" in values:
         controls = _check_keys(Controls, values["controls"] or {}, f"{source}: controls")

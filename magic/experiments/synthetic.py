@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 
 from ..data.datasets import load_image_dataset
-from .config import IMAGE_TO_IMAGE, ConfigError, SyntheticSource
+from .config import CLASS_LORA, IMAGE_TO_IMAGE, ConfigError, SyntheticSource
 from .mixing import INDEX_COLUMN, tag
 
 CACHE_SPEC = "source.json"
@@ -49,10 +49,10 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
                                 "runs/feedback/lora.")
     template = _prompt_template(source, names)
     translate = source.mode == IMAGE_TO_IMAGE
-    if translate and real is None:
-        raise ValueError(f"Synthetic source {source.name!r} is image-to-image: pass the real images to translate.")
+    if source.per_seed and real is None:
+        raise ValueError(f"Synthetic source {source.name!r} is {source.mode}: pass the run's real training images.")
     spec = {**source.cache_key(), "prompt_template": template, "classes": names}
-    if translate:  # the cache belongs to one real training set
+    if source.per_seed:  # the cache belongs to one real training set
         spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
     spec_path = cache / CACHE_SPEC
@@ -78,7 +78,15 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
             load_lora(generator.pipeline, source.lora)
         settings = GenerationSettings(steps=source.steps, guidance=source.guidance, seed=source.seed,
                                       strength=source.strength)
-        made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora)
+        if source.mode == CLASS_LORA:  # CytoDiff: a LoRA per class from the run's own real images, kept in the cache
+            from ..generation.class_loras import generate_with_class_loras, train_class_loras
+
+            loras = train_class_loras(generator, real, cache / "loras", source.class_lora, template,
+                                      classes=sorted({job.label for job in todo}, key=names.index),
+                                      source_ids=[str(row) for row in real[INDEX_COLUMN]])  # rows of the real split
+            made = generate_with_class_loras(generator, todo, cache, names, settings, loras)
+        else:
+            made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora)
         del generator
         gc.collect()
         _empty_cuda_cache()
@@ -108,13 +116,13 @@ def _empty_cuda_cache() -> None:
 def source_pool(source: SyntheticSource, names: list[str], per_class: int, output_dir: Path,
                 real: datasets.Dataset | None = None, seed: int | None = None) -> tuple[datasets.Dataset, dict]:
     """The tagged pool of synthetic images of ``source`` with at least ``per_class`` images of every class
-    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``, or for an image-to-image source
-    translated from ``real``, the real training set of ``seed``, into ``output_dir/synthetic/NAME/seed-SEED``),
-    and facts about how it was made."""
+    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``, or for an image-to-image or
+    per-class-LoRA source made from ``real``, the real training set of ``seed``, into
+    ``output_dir/synthetic/NAME/seed-SEED``, the LoRAs under its ``loras/``), and facts about how it was made."""
     if source.dataset:
         pool = tag(load_image_dataset(source.dataset, split=source.split), f"synthetic:{source.name}", names)
         return pool, {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
     cache = Path(output_dir) / "synthetic" / source.name
-    if source.mode == IMAGE_TO_IMAGE:
+    if source.per_seed:
         cache = cache / f"seed-{seed}"
     return generated_pool(source, names, per_class, cache, real=real)

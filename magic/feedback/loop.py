@@ -127,14 +127,11 @@ def _measure(generator: Generator, evaluator: Evaluator, checklists: dict[str, C
 def _lora_card(generator: Generator, evaluator: Evaluator, config: FeedbackLoopConfig,
                reports: list[RoundReport]):
     """The LoRA's model card: base model, licence (the generator's), method and the per-round figures."""
-    from huggingface_hub import ModelCard, ModelCardData, metadata_load
+    from huggingface_hub import ModelCard, ModelCardData
 
-    from ..hub import resolve_model
+    from ..cards import model_license
 
-    try:
-        license_ = (metadata_load(resolve_model(generator.model_id) / "README.md") or {}).get("license", "other")
-    except Exception:  # noqa: BLE001 (a base without a readable card: say so rather than guess)
-        license_ = "other"
+    license_ = model_license(generator.model_id)
     rows = "\n".join(f"| {r.round} | {r.evaluator_mean_score:.2f} | {r.evaluator_share_at_least_3:.1%} | "
                      f"{'' if r.judge_accuracy is None else f'{r.judge_accuracy:.1%}'} |" for r in reports)
     template = ("---\n{{ card_data }}\n---\n# {{ title }}\n\nA LoRA for `{{ base }}` fine-tuned with MAGIC's "
