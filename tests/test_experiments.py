@@ -286,6 +286,21 @@ def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, 
         run_augment_experiment(CONFIG, out, fast=False)
 
 
+def test_a_source_can_be_swept_over_its_own_counts():
+    import yaml
+
+    good = yaml.safe_load(CONFIG.read_text())
+    config = config_from_dict({**good, "synthetic_per_class": [0, 4, 8],
+                               "synthetic_sources": [{"name": "cheap", "generator": "g"},
+                                                     {"name": "slow", "generator": "g", "synthetic_per_class": [4]}]})
+    counts = {}
+    for run in plan_runs(config):
+        counts.setdefault(run.source or run.kind, set()).add(run.per_class)
+    assert counts["cheap"] == {4, 8} and counts["slow"] == {4} and counts["extra-real"] == {4, 8}
+    with pytest.raises(ConfigError, match="counts >= 1"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "g", "synthetic_per_class": [0]}]})
+
+
 def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
     import yaml
 

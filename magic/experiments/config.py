@@ -67,8 +67,14 @@ class SyntheticSource:
     seed: int = field(default=0, metadata={
         "help": "Base seed; image i of class c uses seed + 1000003 * c + i (as generate-dataset does)."})
     device: str = field(default="auto", metadata={"help": "Generation device: auto, cpu, cuda or cuda:N."})
+    synthetic_per_class: list[int] = field(default_factory=list, metadata={
+        "help": "Counts per class this source is swept over, when not the experiment's `synthetic_per_class` "
+                "(e.g. fewer for a source that is slow to generate); empty: the experiment's."})
 
     def __post_init__(self):
+        if any(not isinstance(n, int) or n < 1 for n in self.synthetic_per_class):
+            raise ConfigError(f"Synthetic source {self.name!r}: synthetic_per_class must hold counts >= 1, got "
+                              f"{self.synthetic_per_class}.")
         if bool(self.dataset) == bool(self.generator):
             raise ConfigError(f"Synthetic source {self.name!r}: give exactly one of `dataset` (a generated dataset "
                               "folder or Hub id) or `generator` (a pipeline to sample from).")
@@ -193,6 +199,7 @@ class AugmentExperimentConfig:
             for spec in self.classifiers]
         sources = [dataclasses.replace(
             source, steps=min(source.steps, caps.generation_steps),
+            synthetic_per_class=sorted({min(n, caps.max_synthetic_per_class) for n in source.synthetic_per_class}),
             class_lora=dataclasses.replace(source.class_lora, steps=min(source.class_lora.steps, caps.max_lora_steps)))
             for source in self.synthetic_sources]
         return dataclasses.replace(self, synthetic_per_class=counts, seeds=self.seeds[: caps.max_seeds],
@@ -339,7 +346,8 @@ def plan_runs(config: AugmentExperimentConfig) -> list[RunSpec]:
         for seed in config.seeds:
             runs.append(RunSpec(spec.name, REAL_ONLY, "", 0, None, seed))
             for source in config.synthetic_sources:
-                runs += [RunSpec(spec.name, SYNTHETIC, source.name, n, share, seed) for n in counts for share in shares]
+                own = sorted(set(source.synthetic_per_class)) or counts
+                runs += [RunSpec(spec.name, SYNTHETIC, source.name, n, share, seed) for n in own for share in shares]
             if config.controls.extra_real:
                 runs += [RunSpec(spec.name, EXTRA_REAL, "", n, share, seed) for n in counts for share in shares]
             if config.controls.classic_augmentation:
