@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline
-from magic.generation.adapters import add_token, load_learned_embeds, load_lora, save_learned_embeds, save_lora
+from magic.generation.adapters import (
+    add_lora,
+    add_token,
+    load_learned_embeds,
+    load_lora,
+    save_learned_embeds,
+    save_lora,
+)
 from magic.generation.train import DenoiserTrainConfig, train_denoiser
 from tests.conftest import draw_shape
 
@@ -80,6 +87,15 @@ def test_lora_training_then_save_load_reproduces_the_images(pipeline_dir, shapes
     reloaded = Generator.from_pretrained(pipeline_dir)
     load_lora(reloaded.pipeline, tmp_path / "lora")
     assert _same(after, reloaded.text_to_image("a disc shape", FAST))
+
+
+def test_a_lora_on_a_half_precision_unet_trains_in_float32(pipeline_dir):
+    generator = Generator.from_pretrained(pipeline_dir, dtype=torch.float16)
+    add_lora(generator.pipeline, rank=4)
+    named = dict(generator.pipeline.unet.named_parameters())
+    lora = {name: p for name, p in named.items() if "lora_" in name}
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora.values())
+    assert all(p.dtype == torch.float16 and not p.requires_grad for name, p in named.items() if name not in lora)
 
 
 def test_textual_inversion_trains_only_the_new_token(pipeline_dir, shapes, tmp_path):

@@ -18,9 +18,13 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 def add_lora(pipeline: StableDiffusionPipeline, rank: int = 16, alpha: float | None = None,
              targets: tuple[str, ...] = LORA_TARGETS) -> None:
     """Attach a trainable LoRA (CytoDiff: rank 16) to the UNet's attention projections; the rest stays frozen."""
+    from diffusers.training_utils import cast_training_params
+
     pipeline.unet.requires_grad_(False)
     pipeline.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
                                          target_modules=list(targets)))
+    # the LoRA is what trains: keep it in float32 even on a float16 UNet (fp16 weights and AdamW do not mix)
+    cast_training_params(pipeline.unet, dtype=torch.float32)
 
 
 def save_lora(pipeline: StableDiffusionPipeline, folder: str | os.PathLike) -> Path:

@@ -84,24 +84,26 @@ def train_class_loras(
     missing = [name for name in wanted if name not in shots]
     if missing:
         raise ValueError(f"No real image of {missing} to learn a LoRA from; the dataset has {sorted(shots)}.")
+    names = dataset.features["label"].names
     folders = {}
-    for c, name in enumerate(wanted):
+    for name in wanted:
         folder = output / name
-        if not (folder / "pytorch_lora_weights.safetensors").is_file():
+        if not (folder / "pytorch_lora_weights.safetensors").is_file():  # written last: the mark of a finished class
             rows = shots[name]
             clone = generator.clone()
             train_denoiser(clone.pipeline, [dataset[i]["image"] for i in rows],
                            [prompt_template.format(name=name.replace("_", " "))] * len(rows),
                            DenoiserTrainConfig(method="lora", lora_rank=config.rank, steps=config.steps,
                                                batch_size=config.batch_size, lr=config.lr,
-                                               warmup_steps=min(50, config.steps // 10), seed=config.seed + c))
+                                               warmup_steps=min(50, config.steps // 10),
+                                               seed=config.seed + names.index(name)))
             folder.mkdir(parents=True, exist_ok=True)
-            save_lora(clone.pipeline, folder)
             (folder / LORA_SETTINGS).write_text(json.dumps(
                 {"class": name, "base_model": generator.model_id, "prompt_template": prompt_template,
                  "real_images": len(rows), "source_ids": [str(source_ids[i]) for i in rows],
                  **config.to_dict()}, indent=1) + "\n")
             _class_lora_card(generator, name, len(rows), config).save(folder / "README.md")
+            save_lora(clone.pipeline, folder)
             del clone
         folders[name] = folder
     return folders
