@@ -239,10 +239,11 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
         loras = {name: Path(args.class_loras) / name for name in names
                  if (Path(args.class_loras) / name / "pytorch_lora_weights.safetensors").is_file()}
         written = generate_with_class_loras(generator, jobs, args.output, names, settings, loras,
-                                            shard_size=args.shard_size)
+                                            shard_size=args.shard_size, batch_size=args.batch_size)
     else:
         written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
-                                   shard_size=args.shard_size, lora=args.lora, limit=args.limit or None)
+                                   shard_size=args.shard_size, lora=args.lora, limit=args.limit or None,
+                                   batch_size=args.batch_size)
     write_dataset_card(args.output, names, str(args.model), settings, license=args.license,
                        source_dataset=args.source_data, description=args.description)
     print(json.dumps({"output": args.output, "written": written, "planned": len(jobs)}))
@@ -613,7 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, default=0.3,
                      help="Image-to-image strength (magic and translate modes).")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--shard-size", type=int, default=256)
+    gen.add_argument("--shard-size", type=int, default=256, help="Images per parquet shard (a multiple of "
+                     "--batch-size: rounded up to one).")
+    gen.add_argument("--batch-size", type=int, default=16, help="Images per pipeline call. Batches are fixed by "
+                     "place in the plan, so a resumed run reproduces the same pixels; an image differs from a "
+                     "one-at-a-time image of its seed (--batch-size 1, the Generate tab) by rounding only.")
     gen.add_argument("--limit", type=int, default=0, help="Stop after this many new images (0: all).")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--license", default="cc-by-4.0", help="Licence in the dataset card (follow the source data).")

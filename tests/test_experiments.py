@@ -267,6 +267,36 @@ def test_class_lora_images_come_from_loras_learnt_on_each_seeds_own_real_images(
     assert report["synthetic_sources"]["class-loras"]["mode"] == "per-class-lora"
 
 
+def test_a_lora_source_generates_batched_and_refuses_its_cache_once_the_lora_is_retrained(workspace, tmp_path):
+    from magic.generation.adapters import add_lora, save_lora
+    from magic.generation.dataset import count_plan
+
+    lora = tmp_path / "feedback-lora"
+    generator = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+    torch.manual_seed(0)
+    add_lora(generator.pipeline, rank=4)
+    save_lora(generator.pipeline, lora)
+    source = SyntheticSource(name="dpo", generator=str(workspace / "tiny" / "generator"), lora=str(lora), steps=2,
+                             guidance=2.0, batch_size=2)
+    pool, facts = source_pool(source, TINY_CLASSES, 3, tmp_path / "out")
+    assert len(pool) == 3 * len(TINY_CLASSES) and facts["generated"] == 3 * len(TINY_CLASSES)
+    cache = tmp_path / "out" / "synthetic" / "dpo"
+    spec = json.loads((cache / "source.json").read_text())
+    assert spec["batch_size"] == 2 and len(spec["lora_sha256"]) == 64
+    job = count_plan(TINY_CLASSES, 3, "a {name} shape")[-1]  # 3 x 3 jobs in batches of 2: the last is drawn alone
+    reloaded = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+    reloaded.pipeline.load_lora_weights(str(lora))
+    fresh = reloaded.text_to_image(job.prompt, GenerationSettings(steps=2, guidance=2.0), seeds=[job.seed])[0]
+    row = next(row for row in load_image_dataset(cache, split="train") if row["job_id"] == job.job_id)
+    assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(fresh))
+    torch.manual_seed(1)  # "retrain": the same folder now holds other weights
+    retrained = Generator.from_pretrained(workspace / "tiny" / "generator", device="cpu")
+    add_lora(retrained.pipeline, rank=4)
+    save_lora(retrained.pipeline, lora)
+    with pytest.raises(ConfigError, match="delete the folder"):
+        source_pool(source, TINY_CLASSES, 3, tmp_path / "out")
+
+
 def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, monkeypatch):
     out = workspace / "out"
     stamps = {path: path.stat().st_mtime_ns for path in [*(out / "runs").glob("*.json"),
@@ -321,6 +351,8 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
                                                          "lora": "runs/feedback/lora"}]})
     with pytest.raises(ConfigError, match="mode 'inpaint' is not supported"):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "inpaint"}]})
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "batch_size": 0}]})
     with pytest.raises(ConfigError, match="synthetic_share"):
         config_from_dict({**good, "synthetic_share": [1.5]})
     with pytest.raises(ConfigError, match="Missing key"):

@@ -67,6 +67,9 @@ class SyntheticSource:
     seed: int = field(default=0, metadata={
         "help": "Base seed; image i of class c uses seed + 1000003 * c + i (as generate-dataset does)."})
     device: str = field(default="auto", metadata={"help": "Generation device: auto, cpu, cuda or cuda:N."})
+    batch_size: int = field(default=1, metadata={
+        "help": "Images per pipeline call (8-32 is several times faster than 1). Batched images equal the "
+                "one-at-a-time images of their seeds up to rounding, so a cache records a batch size above 1."})
     synthetic_per_class: list[int] = field(default_factory=list, metadata={
         "help": "Counts per class this source is swept over, when not the experiment's `synthetic_per_class` "
                 "(e.g. fewer for a source that is slow to generate); empty: the experiment's."})
@@ -75,6 +78,9 @@ class SyntheticSource:
         if any(not isinstance(n, int) or n < 1 for n in self.synthetic_per_class):
             raise ConfigError(f"Synthetic source {self.name!r}: synthetic_per_class must hold counts >= 1, got "
                               f"{self.synthetic_per_class}.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"Synthetic source {self.name!r}: batch_size must be an integer >= 1, got "
+                              f"{self.batch_size!r}.")
         if bool(self.dataset) == bool(self.generator):
             raise ConfigError(f"Synthetic source {self.name!r}: give exactly one of `dataset` (a generated dataset "
                               "folder or Hub id) or `generator` (a pipeline to sample from).")
@@ -103,7 +109,8 @@ class SyntheticSource:
         keys = ("generator", "lora", "mode", "prompt_template", "steps", "guidance", "seed")
         return {key: getattr(self, key) for key in keys} | (
             {"strength": self.strength} if self.mode == IMAGE_TO_IMAGE else {}) | (
-            {"class_lora": self.class_lora.to_dict()} if self.mode == CLASS_LORA else {})
+            {"class_lora": self.class_lora.to_dict()} if self.mode == CLASS_LORA else {}) | (
+            {"batch_size": self.batch_size} if self.batch_size > 1 else {})
 
 
 @dataclass

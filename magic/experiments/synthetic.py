@@ -52,6 +52,9 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     if source.per_seed and real is None:
         raise ValueError(f"Synthetic source {source.name!r} is {source.mode}: pass the run's real training images.")
     spec = {**source.cache_key(), "prompt_template": template, "classes": names}
+    if source.lora:  # the same folder retrained (a new feedback-loop run) must not reuse the old LoRA's images
+        spec["lora_sha256"] = hashlib.sha256(b"".join(
+            path.read_bytes() for path in sorted(Path(source.lora).glob("*.safetensors")))).hexdigest()
     if source.per_seed:  # the cache belongs to one real training set
         spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
@@ -84,9 +87,11 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
             loras = train_class_loras(generator, real, cache / "loras", source.class_lora, template,
                                       classes=sorted({job.label for job in todo}, key=names.index),
                                       source_ids=[str(row) for row in real[INDEX_COLUMN]])  # rows of the real split
-            made = generate_with_class_loras(generator, todo, cache, names, settings, loras)
+            made = generate_with_class_loras(generator, jobs, cache, names, settings, loras,
+                                             batch_size=source.batch_size)
         else:
-            made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora)
+            made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora,
+                                    batch_size=source.batch_size)
         del generator
         gc.collect()
         _empty_cuda_cache()

@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 
 from .adapters import load_lora, save_lora
-from .dataset import Job, generate_dataset
+from .dataset import Job, completed_jobs, generate_dataset
 from .generator import GenerationSettings, Generator
 from .train import DenoiserTrainConfig, train_denoiser
 
@@ -117,10 +117,12 @@ def generate_with_class_loras(
     settings: GenerationSettings,
     loras: dict[str, str | os.PathLike],
     shard_size: int = 256,
+    batch_size: int = 1,
 ) -> int:
     """Run text-to-image ``jobs`` with each job's class LoRA loaded (on a clone); returns the images written.
-    Resumable like ``generate_dataset``; each row's ``lora`` column names the folder it came from."""
-    without = sorted({job.label for job in jobs} - set(loras))
+    Resumable (and batched) like ``generate_dataset``; each row's ``lora`` column names the folder it came from."""
+    done = completed_jobs(output)
+    without = sorted({job.label for job in jobs if job.job_id not in done} - set(loras))
     if without:
         raise ValueError(f"No LoRA for the classes {without}; train them first (train_class_loras).")
     if any(job.source_index is not None for job in jobs):
@@ -128,10 +130,12 @@ def generate_with_class_loras(
     written = 0
     for name in dict.fromkeys(job.label for job in jobs):
         mine = [job for job in jobs if job.label == name]
+        if all(job.job_id in done for job in mine):
+            continue
         clone = generator.clone()
         load_lora(clone.pipeline, loras[name])
         written += generate_dataset(clone, mine, output, class_names, settings, shard_size=shard_size,
-                                    lora=str(loras[name]))
+                                    lora=str(loras[name]), batch_size=batch_size)
         del clone
     return written
 

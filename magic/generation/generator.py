@@ -173,23 +173,32 @@ class Generator:
     def device(self) -> torch.device:
         return self.pipeline.unet.device
 
-    def _generators(self, seed: int, count: int) -> list[torch.Generator]:
-        return [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(count)]
+    @staticmethod
+    def _generators(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
-    def _run(self, pipeline, settings: GenerationSettings, **kwargs) -> list[Image.Image]:
+    @staticmethod
+    def _seeds(settings: GenerationSettings, count: int, seeds: list[int] | None) -> list[int]:
+        if seeds is None:
+            return [settings.seed + i for i in range(count)]
+        seeds = [int(seed) for seed in seeds]
+        if len(seeds) != count:
+            raise ValueError(f"Got {len(seeds)} seeds for {count} images: give one seed per image.")
+        return seeds
+
+    def _run(self, pipeline, settings: GenerationSettings, seeds: list[int], **kwargs) -> list[Image.Image]:
         with self._lock:  # thread-safe: concurrent callers (a web app's workers) take turns on the pipeline
-            return self._run_locked(pipeline, settings, **kwargs)
+            return self._run_locked(pipeline, settings, seeds, **kwargs)
 
-    def _run_locked(self, pipeline, settings: GenerationSettings, **kwargs) -> list[Image.Image]:
-        count = len(kwargs["prompt"])
+    def _run_locked(self, pipeline, settings: GenerationSettings, seeds: list[int], **kwargs) -> list[Image.Image]:
         images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                          generator=self._generators(settings.seed, count), **kwargs).images
+                          generator=self._generators(seeds), **kwargs).images
         if any(_is_unusable(image) for image in images) and self.pipeline.unet.dtype != torch.float32:
             # half precision can overflow to NaN; one retry in float32 on the same seeds
             self.pipeline.to(torch.float32)
             try:
                 images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                                  generator=self._generators(settings.seed, count), **kwargs).images
+                                  generator=self._generators(seeds), **kwargs).images
             finally:
                 self.pipeline.to(torch.float16)
         bad = [i for i, image in enumerate(images) if _is_unusable(image)]
@@ -198,16 +207,21 @@ class Generator:
         return images
 
     def text_to_image(self, prompts: list[str] | str, settings: GenerationSettings | None = None,
-                      num_images: int = 1) -> list[Image.Image]:
-        """``num_images`` images per prompt, in prompt order."""
+                      num_images: int = 1, seeds: list[int] | None = None) -> list[Image.Image]:
+        """``num_images`` images per prompt, in prompt order; image i has seed ``settings.seed + i`` unless
+        ``seeds`` gives one per image. Images drawn together in one call match single-image calls on the same
+        seeds up to rounding (about one grey level): batch the same way to reproduce exactly."""
         settings = settings or GenerationSettings()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         expanded = [prompt for prompt in prompts for _ in range(num_images)]
-        return self._run(self.pipeline, settings, prompt=expanded, output_type="pil")
+        return self._run(self.pipeline, settings, self._seeds(settings, len(expanded), seeds), prompt=expanded,
+                         output_type="pil")
 
     def image_to_image(self, images: list[Image.Image] | Image.Image, prompts: list[str] | str,
-                       settings: GenerationSettings | None = None) -> list[Image.Image]:
-        """Translate each source image toward its prompt (one prompt, or one per image)."""
+                       settings: GenerationSettings | None = None, seeds: list[int] | None = None
+                       ) -> list[Image.Image]:
+        """Translate each source image toward its prompt (one prompt, or one per image); seeds as in
+        ``text_to_image``."""
         settings = settings or GenerationSettings()
         images = [images] if isinstance(images, Image.Image) else list(images)
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
@@ -215,5 +229,5 @@ class Generator:
             raise ValueError(f"Got {len(prompts)} prompts for {len(images)} images.")
         size = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         sources = [image.convert("RGB").resize((size, size), Image.BICUBIC) for image in images]
-        return self._run(self._img2img, settings, prompt=prompts, image=sources, strength=settings.strength,
-                         output_type="pil")
+        return self._run(self._img2img, settings, self._seeds(settings, len(images), seeds), prompt=prompts,
+                         image=sources, strength=settings.strength, output_type="pil")
