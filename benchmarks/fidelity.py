@@ -28,6 +28,7 @@ from magic.classifiers import load_classifier  # noqa: E402
 from magic.data import load_image_dataset  # noqa: E402
 from magic.evaluation.fidelity import class_fidelity, generate_per_class, judge_outputs  # noqa: E402
 from magic.generation import GenerationSettings, Generator  # noqa: E402
+from magic.generation.adapters import load_lora  # noqa: E402
 
 
 @torch.inference_mode()
@@ -49,6 +50,8 @@ def vae_round_trip(generator: Generator, images: list[Image.Image], batch_size: 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", required=True, help="Pipeline folder or model id.")
+    parser.add_argument("--lora", default=None, help="A LoRA folder to load into the generator first (e.g. the "
+                        "feedback loop's runs/feedback/lora).")
     parser.add_argument("--judge", required=True, help="Classifier folder or id (not used to train the generator).")
     parser.add_argument("--data", required=True, help="Real dataset with the same classes.")
     parser.add_argument("--split", default="test")
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     generator = Generator.from_pretrained(args.generator, device=args.device)
+    if args.lora:
+        load_lora(generator.pipeline, args.lora)
     judge = load_classifier(args.judge, device=generator.device)
     real = load_image_dataset(args.data, split=args.split)
     names = real.features["label"].names
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.save_grid and guidance == args.guidance[-1]:
             _save_grid(images, requested, len(names), args.save_grid)
     result = {
-        "generator": args.generator, "judge": args.judge, "data": args.data, "split": args.split,
+        "generator": args.generator, "lora": args.lora, "judge": args.judge, "data": args.data, "split": args.split,
         "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
         "judge_per_class_on_real": per_class(real_predictions),
         "judge_accuracy_on_vae_reconstructions": vae_ceiling,

@@ -324,8 +324,16 @@ def cmd_feedback_loop(args: argparse.Namespace) -> int:
     heldout = load_evaluator(args.heldout_evaluator) if args.heldout_evaluator else None
 
     def show(report) -> None:
-        print(json.dumps({key: value for key, value in report.to_dict().items()
+        values = report.to_dict()
+        training = values.get("training") or {}
+        silent = training.get("conditions_without_signal")
+        values["training"] = {key: value for key, value in training.items() if key != "rules_per_condition"}
+        print(json.dumps({key: value for key, value in values.items()
                           if key not in ("per_condition_score", "judge_per_condition")}), flush=True)
+        if silent:
+            print(f"warning: round {report.round}: every pair of {', '.join(silent)} lost (the evaluator credits "
+                  "none of their images), so DPO had no direction for them; check the evaluator on generated "
+                  "images of these conditions", file=sys.stderr, flush=True)
 
     run_feedback_loop(generator, load_evaluator(args.evaluator), config, judge=judge, heldout=heldout,
                       output=args.output, on_round=show)

@@ -96,6 +96,9 @@ def test_train_generator_then_feedback_loop_from_the_command_line(tmp_path):
     assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["training"]["method"] == "rft"
     report = json.loads((loop / "report.json").read_text())
     assert len(report["rounds"]) == 2 and (loop / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    silent = report["rounds"][1]["training"]["conditions_without_signal"]
+    assert rounds[1]["training"]["conditions_without_signal"] == silent
+    assert (f"every pair of {', '.join(silent)} lost" in result.stderr) == bool(silent)
 
     result = run_cli("feedback-loop", "--generator", str(generator), "--conditions", "platelet", "--output",
                      str(tmp_path / "bad"))

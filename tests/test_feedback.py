@@ -94,6 +94,9 @@ def test_feedback_loop_reports_each_round_and_its_lora_round_trips(pipeline_dir,
     assert len(result.images) == 4 and [v.condition_id for v in result.verdicts] == ["basophil"] * 2 + ["ig"] * 2
     pairs = load_preferences(tmp_path / "loop" / "round2" / "preferences.json")
     assert len(pairs) == 2 and all((tmp_path / "loop" / pair.a.image).is_file() for pair in pairs)
+    training = result.rounds[2].training  # which conditions gave the round no direction, from its own pairs
+    assert {c: sum(rules.values()) for c, rules in training["rules_per_condition"].items()} == {"basophil": 1, "ig": 1}
+    assert training["conditions_without_signal"] == [pair.group for pair in pairs if pair.rule == "both lose"]
     from magic.publish import check_publishable
 
     assert check_publishable(tmp_path / "loop" / "lora") == "model"  # carded: publishable as it is

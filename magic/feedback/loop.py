@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..classifiers.model import ImageClassifier
 from ..evaluation.base import Evaluator
-from ..evaluation.preferences import BOTH_WIN, make_pairs, save_preferences
+from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, make_pairs, save_preferences
 from ..evaluation.verdict import Checklist, Verdict
 from ..generation.adapters import save_lora
 from ..generation.generator import GenerationSettings, Generator
@@ -202,7 +202,12 @@ def run_feedback_loop(
                           for image, label, verdict in zip(samples, sample_labels, judged)])
         report, images, labels, verdicts = _measure(generator, evaluator, checklists, config, judge, heldout,
                                                     round_index)
+        per_condition = {c: dict(Counter(pair.rule for pair in pairs if pair.group == c)) for c in conditions}
         report.training = {"method": train.method, "rules": dict(Counter(pair.rule for pair in pairs)),
+                           "rules_per_condition": per_condition,
+                           # DPO learns nothing about these: every pair lost (the evaluator credits none of them)
+                           "conditions_without_signal": [c for c, rules in per_condition.items()
+                                                         if set(rules) <= {BOTH_LOSE}],
                            "sample_mean_score": float(np.mean([v.score for v in judged])),
                            "trained": learnable, "final_loss": history[-1]["loss"] if history else None,
                            "ranked_right": history[-1].get("ranked_right") if history else None}
