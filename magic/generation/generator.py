@@ -40,6 +40,14 @@ class GenerationSettings:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}.")
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype argument for the installed diffusers: ``dtype`` where it replaced the
+    deprecated ``torch_dtype`` (diffusers with ``_TORCH_DTYPE_DEPRECATION_MESSAGE``), else ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype": dtype}
+
+
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     """CUDA with float16 when present, else CPU with float32."""
     if torch.cuda.is_available():
@@ -108,7 +116,7 @@ def export_pipeline(source: str | os.PathLike, destination: str | os.PathLike,
     it, the folder is complete for ``StableDiffusionPipeline.from_pretrained`` anywhere (what ``publish`` uploads)."""
     source, destination, dtype = Path(source), Path(destination), dtype or torch.float32
     info = GeneratorInfo.load(source)
-    pipeline = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True,
+    pipeline = StableDiffusionPipeline.from_pretrained(source, **dtype_kwargs(torch.float32), use_safetensors=True,
                                                        safety_checker=None, requires_safety_checker=False,
                                                        **packaged_text_encoder(source, info))
     pipeline.unet.to(dtype)
@@ -143,7 +151,7 @@ class Generator:
         # a diffusers pipeline keeps sampling state (the scheduler's timesteps) on itself: one call at a time
         self._lock = threading.Lock()
         self.pipeline.set_progress_bar_config(disable=True)
-        self._img2img = StableDiffusionImg2ImgPipeline(**pipeline.components)
+        self._img2img = StableDiffusionImg2ImgPipeline(**pipeline.components, requires_safety_checker=False)
         self._img2img.set_progress_bar_config(disable=True)
 
     @classmethod
@@ -155,7 +163,7 @@ class Generator:
         dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
         folder = resolve_model(name_or_path, revision=revision)
         info = GeneratorInfo.load(folder)
-        pipeline = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True,
+        pipeline = StableDiffusionPipeline.from_pretrained(folder, **dtype_kwargs(dtype), use_safetensors=True,
                                                            safety_checker=None, requires_safety_checker=False,
                                                            **packaged_text_encoder(folder, info, dtype))
         return cls(pipeline.to(device), model_id=str(name_or_path), revision=revision, info=info)
@@ -166,8 +174,8 @@ class Generator:
         components = dict(self.pipeline.components)
         components["unet"] = copy.deepcopy(self.pipeline.unet)
         components["scheduler"] = copy.deepcopy(self.pipeline.scheduler)  # sampling state is per pipeline
-        return Generator(type(self.pipeline)(**components), model_id=self.model_id, revision=self.revision,
-                         info=self.info)
+        pipeline = type(self.pipeline)(**components, requires_safety_checker=False)
+        return Generator(pipeline, model_id=self.model_id, revision=self.revision, info=self.info)
 
     @property
     def device(self) -> torch.device:
