@@ -176,7 +176,8 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
                          **{name: value for name, value in given.items() if value})
     vae = VAETrainConfig(steps=args.vae_steps, batch_size=args.vae_batch_size or args.batch_size,
                          lr=args.vae_lr, perceptual_weight=args.perceptual_weight,
-                         perceptual_network=args.perceptual_network, consistency_weight=args.consistency_weight)
+                         perceptual_network=args.perceptual_network, consistency_weight=args.consistency_weight,
+                         adversarial_weight=args.adversarial_weight, adversarial_start=args.adversarial_start)
     unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr,
                                ema_decay=args.ema_decay)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
@@ -282,7 +283,8 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
     images = [row["image"] for row in load_image_dataset(args.data, split=args.split)]
     config = VAETrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, decoder_only=True,
                             perceptual_weight=args.perceptual_weight, perceptual_network=args.perceptual_network,
-                            consistency_weight=args.consistency_weight, warmup_steps=min(100, args.steps // 10))
+                            consistency_weight=args.consistency_weight, adversarial_weight=args.adversarial_weight,
+                            adversarial_start=args.adversarial_start, warmup_steps=min(100, args.steps // 10))
     history = train_vae(vae, images, config)
     vae.save_pretrained(output / "vae", safe_serialization=True)
     summary = {"data": str(args.data), "split": args.split, **config.to_dict(),
@@ -423,6 +425,9 @@ def _add_perceptual_arguments(parser: argparse.ArgumentParser) -> None:
                         help=fields["perceptual_network"].metadata["help"])
     parser.add_argument("--consistency-weight", type=float, default=fields["consistency_weight"].default,
                         help=fields["consistency_weight"].metadata["help"])
+    for name in ("adversarial_weight", "adversarial_start"):
+        parser.add_argument("--" + name.replace("_", "-"), type=type(fields[name].default),
+                            default=fields[name].default, help=fields[name].metadata["help"])
 
 
 def build_parser() -> argparse.ArgumentParser:

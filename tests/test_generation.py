@@ -1,6 +1,7 @@
 """The generator on a tiny SD-architecture pipeline built in code: determinism, save/load, LoRA, textual inversion."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,49 @@ def test_class_consistency_without_a_classifier_is_refused_before_training(pipel
     vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
     with pytest.raises(ValueError, match="needs a domain classifier"):
         train_vae(vae, shapes[0], VAETrainConfig(steps=1, batch_size=2, consistency_weight=1.0))
+
+
+def test_patch_discriminator_gives_one_logit_per_patch_and_hinge_loss_separates_real_from_fake():
+    from magic.generation.vae import PatchDiscriminator, hinge_discriminator_loss
+
+    logits = PatchDiscriminator(layers=2)(torch.rand(3, 3, 64, 64) * 2 - 1)
+    assert logits.shape == (3, 1, 14, 14)  # 34-pixel patches
+    certain, wrong = torch.full((4,), 5.0), torch.full((4,), -5.0)
+    assert hinge_discriminator_loss(certain, wrong).item() == 0.0
+    assert hinge_discriminator_loss(wrong, certain).item() == 6.0
+    with pytest.raises(ValueError, match="at least 1"):
+        PatchDiscriminator(layers=0)
+
+
+def test_adversarial_vae_training_starts_the_discriminator_at_its_step_and_balances_its_weight(pipeline_dir, shapes):
+    from diffusers import AutoencoderKL
+
+    from magic.generation.vae import VAETrainConfig, train_vae
+
+    vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+    before = {name: value.clone() for name, value in vae.state_dict().items()}
+    history = train_vae(vae, shapes[0], VAETrainConfig(steps=3, batch_size=2, adversarial_weight=0.5,
+                                                       adversarial_start=1, perceptual_weight=0.0, warmup_steps=1))
+    assert "discriminator_loss" not in history[0]  # warm start: reconstruction only
+    for record in history[1:]:
+        assert math.isfinite(record["discriminator_loss"]) and record["adversarial_scale"] >= 0.0
+        assert math.isfinite(record["generator_loss"])
+    assert any(not torch.equal(before[name], value) for name, value in vae.state_dict().items())
+    with pytest.raises(ValueError, match="adversarial_weight must be >= 0"):
+        train_vae(vae, shapes[0], VAETrainConfig(steps=1, batch_size=2, adversarial_weight=-1.0))
+
+
+def test_tune_decoder_with_an_adversarial_term_reports_it(pipeline_dir, tiny_dataset, tmp_path):
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "tuned-gan"
+    result = run_cli("tune-decoder", "--generator", str(pipeline_dir), "--data", str(tiny_dataset), "--output",
+                     str(out), "--steps", "2", "--batch-size", "2", "--device", "cpu", "--perceptual-weight", "0",
+                     "--adversarial-weight", "0.5", "--adversarial-start", "0")
+    assert result.returncode == 0, result.stderr
+    summary = json_line(result.stdout)
+    assert summary["adversarial_weight"] == 0.5 and summary["adversarial_start"] == 0
+    Generator.from_pretrained(out).text_to_image("a disc shape", FAST)
 
 
 def test_tune_decoder_with_class_consistency_changes_only_the_decoder(pipeline_dir, tiny_dataset,

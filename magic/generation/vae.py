@@ -1,11 +1,13 @@
-"""Train the small pipeline's VAE: L1 + perceptual (frozen feature maps) + class consistency + a small KL.
+"""Train the small pipeline's VAE: L1 + perceptual + class consistency + adversarial terms + a small KL.
 
 The design notes measured that a plain VAE blurs granules (basophils, immature granulocytes); the perceptual term
 compares multi-scale feature maps of input and reconstruction so texture, not just colour, is kept. The feature
 network is the packaged ImageNet EfficientNet-Lite0 by default, or a classifier trained on the domain (for blood
 cells: ``magic-suite/wbc-classifier``), whose features are the ones that tell the classes apart; with such a
 classifier a *class-consistency* term (KL between its class probabilities on the input and on the reconstruction)
-asks the reconstruction to keep what makes a basophil a basophil. Judge the result with a different classifier.
+asks the reconstruction to keep what makes a basophil a basophil. The *adversarial* term is Latent Diffusion's: a
+PatchGAN discriminator with hinge loss, its weight scaled by the ratio of the reconstruction and adversarial gradient
+norms at the decoder's last layer, switched on after a warm start. Judge the result with a different classifier.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class VAETrainConfig:
     consistency_weight: float = field(default=0.0, metadata={
         "help": "Weight of the class-consistency term: KL between the classifier's class probabilities on the "
                 "input and on its reconstruction (needs a classifier as perceptual_network; 0: off)."})
+    adversarial_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the adversarial term (PatchGAN discriminator, hinge loss, LDM's adaptive weight; "
+                "0: off). Restores the texture (granules) that L1 and perceptual losses blur."})
+    adversarial_start: int = field(default=0, metadata={
+        "help": "Step at which the discriminator and the adversarial term start (LDM's disc_start)."})
+    discriminator_layers: int = field(default=2, metadata={
+        "help": "Strided layers of the PatchGAN discriminator (2: 34-pixel patches, for 64 px images)."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps before the cosine decay."})
     decoder_only: bool = field(default=False, metadata={
         "help": "Train only the decoder (the encoder and so the latent space stay fixed): improves the images of "
@@ -123,6 +132,48 @@ class PerceptualLoss(torch.nn.Module):
         return self.terms(reconstruction, target)[0]
 
 
+class PatchDiscriminator(torch.nn.Module):
+    """PatchGAN discriminator (pix2pix; taming-transformers' NLayerDiscriminator): one real/fake logit per patch."""
+
+    def __init__(self, layers: int = 2, channels: int = 64):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"discriminator_layers must be at least 1, got {layers}.")
+        modules: list[torch.nn.Module] = [torch.nn.Conv2d(3, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2, True)]
+        width = channels
+        for index in range(1, layers + 1):
+            stride = 2 if index < layers else 1
+            wider = channels * min(2 ** index, 8)
+            modules += [torch.nn.Conv2d(width, wider, 4, stride, 1, bias=False), torch.nn.BatchNorm2d(wider),
+                        torch.nn.LeakyReLU(0.2, True)]
+            width = wider
+        modules.append(torch.nn.Conv2d(width, 1, 4, 1, 1))
+        self.main = torch.nn.Sequential(*modules)
+        for module in self.modules():  # DCGAN initialisation, as taming-transformers
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.normal_(module.weight, 1.0, 0.02)
+                torch.nn.init.zeros_(module.bias)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch logits for images in [-1, 1]."""
+        return self.main(pixels)
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss (real above +1, reconstructions below -1)."""
+    return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
+
+
+def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, generator_loss: torch.Tensor,
+                                last_layer: torch.Tensor) -> torch.Tensor:
+    """LDM's balance: |grad of the reconstruction loss| / |grad of the adversarial loss| at ``last_layer``."""
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    gen_grad = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gen_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
 def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig,
               log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``vae`` in place on ``images`` (resized to its sample size); returns the loss history."""
@@ -148,6 +199,13 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     use_amp = autocast_enabled(device, config.mixed_precision)
+    discriminator = d_optimizer = None
+    if config.adversarial_weight < 0:
+        raise ValueError(f"adversarial_weight must be >= 0, got {config.adversarial_weight}.")
+    if config.adversarial_weight > 0:
+        discriminator = PatchDiscriminator(config.discriminator_layers).to(device).train()
+        d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
+    last_layer = vae.decoder.conv_out.weight
     history = []
     for step in tqdm(range(config.steps), desc="train vae", unit="step"):
         batch = rng.choice(len(images), size=config.batch_size, replace=len(images) < config.batch_size)
@@ -165,12 +223,27 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
                 loss = loss + config.perceptual_weight * distance
                 if kl is not None:
                     loss = loss + config.consistency_weight * kl
+            adversarial = discriminator is not None and step >= config.adversarial_start
+            if adversarial:
+                discriminator.requires_grad_(False)
+                generator_loss = -discriminator(reconstruction).float().mean()
+                weight = adaptive_adversarial_weight(loss, generator_loss, last_layer)
+                loss = loss + config.adversarial_weight * weight * generator_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         record = {"step": step + 1, "loss": loss.item(), "l1": l1.item()}
+        if adversarial:
+            discriminator.requires_grad_(True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                d_loss = hinge_discriminator_loss(discriminator(pixels), discriminator(reconstruction.detach()))
+            d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_optimizer.step()
+            record.update(generator_loss=generator_loss.item(), discriminator_loss=d_loss.item(),
+                          adversarial_scale=float(weight))
         history.append(record)
         if log is not None and (step + 1) % 100 == 0:
             log(record)
