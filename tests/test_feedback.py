@@ -60,6 +60,41 @@ def test_dpo_makes_the_lora_prefer_the_winner(pipeline_dir, pair_images):
     assert _margin(pipeline, winner, loser) < 0 < _margin(pipeline, loser, winner)
 
 
+@torch.no_grad()
+def _drift(pipeline, image, prompt: str, samples: int = 64) -> float:
+    """Mean squared difference between the LoRA model's and the reference's noise predictions for ``prompt``."""
+    generator = torch.Generator().manual_seed(1)
+    latents = _encode(pipeline, [image]).repeat(samples, 1, 1, 1)
+    timesteps = torch.randint(0, 1000, (samples,), generator=generator)
+    noisy = pipeline.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
+    states = _prompt_states(pipeline, [prompt] * samples)
+    model = pipeline.unet(noisy, timesteps, encoder_hidden_states=states).sample
+    pipeline.unet.disable_adapters()
+    reference = pipeline.unet(noisy, timesteps, encoder_hidden_states=states).sample
+    pipeline.unet.enable_adapters()
+    return float((model - reference).pow(2).mean())
+
+
+def test_anchors_keep_a_condition_without_signal_near_the_reference(pipeline_dir, pair_images):
+    winner, loser = pair_images
+    pair = PreferencePair(a=Side("w.png", 4), b=Side("l.png", 1), win_a=True, win_b=False, rule="higher wins",
+                          prompt=PROMPT)
+    other = "a ring shape"  # a condition whose pairs all lost: DPO has nothing to say about it
+    drifts = {}
+    for weight in (0.0, 1.0):
+        pipeline = Generator.from_pretrained(pipeline_dir).pipeline
+        history = train_on_feedback(
+            pipeline, FeedbackTrainConfig(method="dpo", steps=30, batch_size=8, lr=1e-3, beta=5000.0,
+                                          anchor_weight=weight, mixed_precision=False),
+            pairs=[(pair, winner, loser)], anchors=[Example(loser, other)])
+        assert ("anchor_drift" in history[-1]) == (weight > 0)
+        assert _margin(pipeline, winner, loser) < 0  # the preference is still learnt
+        drifts[weight] = _drift(pipeline, loser, other)
+    assert drifts[1.0] < 0.5 * drifts[0.0]
+    with pytest.raises(ValueError, match="anchor_weight must be >= 0"):
+        FeedbackTrainConfig(anchor_weight=-1.0)
+
+
 def test_rft_fits_the_rewarded_image_better_than_the_unrewarded_one(pipeline_dir, pair_images):
     pipeline = Generator.from_pretrained(pipeline_dir).pipeline
     good, bad = pair_images

@@ -193,21 +193,24 @@ def run_feedback_loop(
             for name, image in by_name.items():
                 image.save(folder / name)
             save_preferences(pairs, folder / f"round{round_index}" / "preferences.json")
+        per_condition = {c: dict(Counter(pair.rule for pair in pairs if pair.group == c)) for c in conditions}
+        # DPO learns nothing about these: every pair lost (the evaluator credits none of them)
+        without_signal = [c for c, rules in per_condition.items() if set(rules) <= {BOTH_LOSE}]
         history = []
         if learnable:  # a DPO round whose pairs all lose teaches nothing: the weights stay as they are
             history = train_on_feedback(
                 generator.pipeline, train,
                 pairs=[(pair, by_name[pair.a.image], by_name[pair.b.image]) for pair in pairs],
                 examples=[Example(image, generator.info.prompt(label), verdict.score / len(verdict.scores))
-                          for image, label, verdict in zip(samples, sample_labels, judged)])
+                          for image, label, verdict in zip(samples, sample_labels, judged)],
+                anchors=[Example(image, generator.info.prompt(label))
+                         for image, label in zip(samples, sample_labels) if label in without_signal])
         report, images, labels, verdicts = _measure(generator, evaluator, checklists, config, judge, heldout,
                                                     round_index)
-        per_condition = {c: dict(Counter(pair.rule for pair in pairs if pair.group == c)) for c in conditions}
         report.training = {"method": train.method, "rules": dict(Counter(pair.rule for pair in pairs)),
                            "rules_per_condition": per_condition,
-                           # DPO learns nothing about these: every pair lost (the evaluator credits none of them)
-                           "conditions_without_signal": [c for c, rules in per_condition.items()
-                                                         if set(rules) <= {BOTH_LOSE}],
+                           "conditions_without_signal": without_signal,
+                           "anchored": without_signal if train.method == "dpo" and train.anchor_weight > 0 else [],
                            "sample_mean_score": float(np.mean([v.score for v in judged])),
                            "trained": learnable, "final_loss": history[-1]["loss"] if history else None,
                            "ranked_right": history[-1].get("ranked_right") if history else None}

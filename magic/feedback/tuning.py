@@ -9,7 +9,11 @@ where ``e`` is the LoRA model's denoising error and ``e^ref`` that of the same U
 frozen reference). It needs only the images and who won, so pairs written by hand by an expert train the same way.
 Pairs that MAGIC's rules mark *both win* add a plain denoising loss on both images (weight ``sft_weight``): they are
 good examples to imitate but give no direction between them. *Both lose* pairs carry no usable signal and are
-skipped (counted in the history).
+skipped (counted in the history). Conditions whose pairs all lose give DPO no signal, yet the shared LoRA still
+moves their images (the loop measured basophils drifting away from their class); *anchor* images of such
+conditions keep them where the reference put them, by the distillation term
+``anchor_weight * beta * |e_model - e_ref|^2`` on the predicted noise (in units of ``beta`` so that it balances the
+DPO term at any strength).
 
 **RFT** (reward-weighted fine-tuning): every judged image is a training example whose denoising loss is weighted
 by ``exp((r - mean r) / temperature)`` (normalised to mean 1 in each batch), where the reward ``r`` is the share of
@@ -49,6 +53,9 @@ class FeedbackTrainConfig:
     warmup_steps: int = field(default=5, metadata={"help": "Linear warmup steps."})
     beta: float = field(default=1000.0, metadata={
         "help": "DPO strength: how far the LoRA may move from the reference to separate winners from losers."})
+    anchor_weight: float = field(default=0.0, metadata={
+        "help": "DPO: weight (in units of beta) of keeping the reference's noise prediction on anchor images, the "
+                "conditions whose pairs all lost (the loop passes them; 0: off)."})
     sft_weight: float = field(default=0.5, metadata={"help": "Weight of the denoising loss on 'both win' pairs."})
     temperature: float = field(default=0.2, metadata={"help": "RFT: softmax temperature of the reward weights."})
     lora_rank: int = field(default=16, metadata={"help": "Rank of the LoRA added when the pipeline has none."})
@@ -60,6 +67,8 @@ class FeedbackTrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1.")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,10 +98,24 @@ def _prompt_states(pipeline: StableDiffusionPipeline, prompts: Sequence[str],
     return torch.stack([encoded[prompt] for prompt in prompts])
 
 
-def _denoising_error(unet, noisy, timesteps, states, target, use_amp: bool) -> torch.Tensor:
+def _predict_noise(unet, noisy, timesteps, states, use_amp: bool) -> torch.Tensor:
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        predicted = unet(noisy, timesteps, encoder_hidden_states=states).sample
-    return F.mse_loss(predicted.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        return unet(noisy, timesteps, encoder_hidden_states=states).sample.float()
+
+
+def _denoising_error(unet, noisy, timesteps, states, target, use_amp: bool) -> torch.Tensor:
+    predicted = _predict_noise(unet, noisy, timesteps, states, use_amp)
+    return F.mse_loss(predicted, target, reduction="none").mean(dim=(1, 2, 3))
+
+
+def _reference_noise(unet, noisy, timesteps, states, use_amp: bool) -> torch.Tensor:
+    """The frozen reference's prediction: the same UNet with its LoRA switched off."""
+    with torch.no_grad():
+        unet.disable_adapters()
+        try:
+            return _predict_noise(unet, noisy, timesteps, states, use_amp)
+        finally:
+            unet.enable_adapters()
 
 
 def ensure_lora(pipeline: StableDiffusionPipeline, rank: int = 16) -> list[torch.nn.Parameter]:
@@ -111,8 +134,10 @@ def train_on_feedback(
     pairs: Sequence[tuple[PreferencePair, Image.Image, Image.Image]] = (),
     examples: Sequence[Example] = (),
     log: Callable[[dict], None] | None = None,
+    anchors: Sequence[Example] = (),
 ) -> list[dict]:
-    """Train the pipeline's LoRA in place; ``pairs`` (with their two images) for DPO, ``examples`` for RFT.
+    """Train the pipeline's LoRA in place; ``pairs`` (with their two images) for DPO, ``examples`` for RFT;
+    ``anchors`` (DPO with ``anchor_weight`` > 0): images whose prompts should keep the reference's behaviour.
 
     Returns one record per step (loss, and for DPO the share of pairs the model already ranks right).
     """
@@ -133,7 +158,8 @@ def train_on_feedback(
         if not examples:
             raise ValueError("RFT needs judged examples (image, prompt, reward).")
         ranked, imitate, skipped = [], list(examples), 0
-    encoded = encode_prompts(pipeline, [prompt for prompt, _, _ in ranked] + [e.prompt for e in imitate])
+    anchors = list(anchors) if config.method == "dpo" and config.anchor_weight > 0 else []
+    encoded = encode_prompts(pipeline, [prompt for prompt, _, _ in ranked] + [e.prompt for e in imitate + anchors])
     params = ensure_lora(pipeline, config.lora_rank)
     pipeline.vae.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
@@ -154,12 +180,8 @@ def train_on_feedback(
             noisy = scheduler.add_noise(latents, noise, timesteps)
             states = _prompt_states(pipeline, prompts * 2, encoded)
             model_error = _denoising_error(pipeline.unet, noisy, timesteps, states, noise, use_amp)
-            with torch.no_grad():
-                pipeline.unet.disable_adapters()
-                try:
-                    reference_error = _denoising_error(pipeline.unet, noisy, timesteps, states, noise, use_amp)
-                finally:
-                    pipeline.unet.enable_adapters()
+            reference = _reference_noise(pipeline.unet, noisy, timesteps, states, use_amp)
+            reference_error = F.mse_loss(reference, noise, reduction="none").mean(dim=(1, 2, 3))
             won, lost = (model_error - reference_error).chunk(2)
             inside = -0.5 * config.beta * (won - lost)
             loss = loss - F.logsigmoid(inside).mean()
@@ -179,6 +201,17 @@ def train_on_feedback(
                 weights = torch.softmax((rewards - rewards.mean()) / config.temperature, dim=0) * len(chosen)
                 error = error * weights
             loss = loss + weight * error.mean()
+        if anchors:
+            chosen = [anchors[i] for i in rng.choice(len(anchors), size=config.batch_size,
+                                                     replace=len(anchors) < config.batch_size)]
+            latents = _encode(pipeline, [example.image for example in chosen])
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chosen),), device=device)
+            noisy = scheduler.add_noise(latents, torch.randn_like(latents), timesteps)
+            states = _prompt_states(pipeline, [example.prompt for example in chosen], encoded)
+            drift = F.mse_loss(_predict_noise(pipeline.unet, noisy, timesteps, states, use_amp),
+                               _reference_noise(pipeline.unet, noisy, timesteps, states, use_amp))
+            loss = loss + config.anchor_weight * config.beta * drift
+            record.update(anchors=len(anchors), anchor_drift=drift.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
