@@ -132,6 +132,7 @@ def test_feedback_loop_reports_each_round_and_its_lora_round_trips(pipeline_dir,
     training = result.rounds[2].training  # which conditions gave the round no direction, from its own pairs
     assert {c: sum(rules.values()) for c, rules in training["rules_per_condition"].items()} == {"basophil": 1, "ig": 1}
     assert training["conditions_without_signal"] == [pair.group for pair in pairs if pair.rule == "both lose"]
+    assert training["anchored"] == []  # anchors are a DPO term, off by default
     from magic.publish import check_publishable
 
     assert check_publishable(tmp_path / "loop" / "lora") == "model"  # carded: publishable as it is
