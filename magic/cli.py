@@ -417,7 +417,7 @@ def cmd_experiment_augment(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
-def _add_perceptual_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_vae_loss_arguments(parser: argparse.ArgumentParser) -> None:
     from .generation.vae import VAETrainConfig
 
     fields = VAETrainConfig.__dataclass_fields__
@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate.")
     tg.add_argument("--ema-decay", type=float, default=0.999, help="UNet weight EMA decay (0: off).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
-    _add_perceptual_arguments(tg)
+    _add_vae_loss_arguments(tg)
     tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
     tg.add_argument("--device", default="auto")
     tg.add_argument("--repo-id", default="")
@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, default=32)
     tune.add_argument("--lr", type=float, default=2e-4)
     tune.add_argument("--perceptual-weight", type=float, default=1.0)
-    _add_perceptual_arguments(tune)
+    _add_vae_loss_arguments(tune)
     tune.add_argument("--device", default="auto")
     tune.set_defaults(func=cmd_tune_decoder)
 

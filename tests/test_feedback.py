@@ -8,7 +8,7 @@ import torch
 from magic.evaluation import load_evaluator, load_preferences
 from magic.evaluation.preferences import PreferencePair, Side, preference
 from magic.feedback import Example, FeedbackLoopConfig, FeedbackTrainConfig, run_feedback_loop, train_on_feedback
-from magic.feedback.tuning import _denoising_error, _encode, _prompt_states
+from magic.feedback.tuning import _denoising_error, _encode, _predict_noise, _prompt_states, _reference_noise
 from magic.generation import GenerationSettings, Generator, GeneratorInfo, build_pipeline
 from magic.generation.adapters import load_lora
 from tests.conftest import draw_shape
@@ -68,11 +68,8 @@ def _drift(pipeline, image, prompt: str, samples: int = 64) -> float:
     timesteps = torch.randint(0, 1000, (samples,), generator=generator)
     noisy = pipeline.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
     states = _prompt_states(pipeline, [prompt] * samples)
-    model = pipeline.unet(noisy, timesteps, encoder_hidden_states=states).sample
-    pipeline.unet.disable_adapters()
-    reference = pipeline.unet(noisy, timesteps, encoder_hidden_states=states).sample
-    pipeline.unet.enable_adapters()
-    return float((model - reference).pow(2).mean())
+    model = _predict_noise(pipeline.unet, noisy, timesteps, states, False)
+    return float((model - _reference_noise(pipeline.unet, noisy, timesteps, states, False)).pow(2).mean())
 
 
 def test_anchors_keep_a_condition_without_signal_near_the_reference(pipeline_dir, pair_images):

@@ -210,7 +210,7 @@ def run_feedback_loop(
         report.training = {"method": train.method, "rules": dict(Counter(pair.rule for pair in pairs)),
                            "rules_per_condition": per_condition,
                            "conditions_without_signal": without_signal,
-                           "anchored": without_signal if train.method == "dpo" and train.anchor_weight > 0 else [],
+                           "anchored": without_signal if train.uses_anchors else [],
                            "sample_mean_score": float(np.mean([v.score for v in judged])),
                            "trained": learnable, "final_loss": history[-1]["loss"] if history else None,
                            "ranked_right": history[-1].get("ranked_right") if history else None}

@@ -70,6 +70,11 @@ class FeedbackTrainConfig:
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}.")
 
+    @property
+    def uses_anchors(self) -> bool:
+        """Whether training applies the anchor term (DPO with a positive ``anchor_weight``)."""
+        return self.method == "dpo" and self.anchor_weight > 0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -158,7 +163,7 @@ def train_on_feedback(
         if not examples:
             raise ValueError("RFT needs judged examples (image, prompt, reward).")
         ranked, imitate, skipped = [], list(examples), 0
-    anchors = list(anchors) if config.method == "dpo" and config.anchor_weight > 0 else []
+    anchors = list(anchors) if config.uses_anchors else []
     encoded = encode_prompts(pipeline, [prompt for prompt, _, _ in ranked] + [e.prompt for e in imitate + anchors])
     params = ensure_lora(pipeline, config.lora_rank)
     pipeline.vae.requires_grad_(False)

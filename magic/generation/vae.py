@@ -188,6 +188,8 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
     if config.consistency_weight > 0 and config.perceptual_network == "imagenet":
         raise ValueError("consistency_weight needs a domain classifier as perceptual_network (e.g. "
                          "magic-suite/wbc-classifier), not 'imagenet'.")
+    if config.adversarial_weight < 0:
+        raise ValueError(f"adversarial_weight must be >= 0, got {config.adversarial_weight}.")
     perceptual = (PerceptualLoss(config.perceptual_network).to(device)
                   if config.perceptual_weight > 0 or config.consistency_weight > 0 else None)
     vae.requires_grad_(False)
@@ -200,8 +202,6 @@ def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrai
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     use_amp = autocast_enabled(device, config.mixed_precision)
     discriminator = d_optimizer = None
-    if config.adversarial_weight < 0:
-        raise ValueError(f"adversarial_weight must be >= 0, got {config.adversarial_weight}.")
     if config.adversarial_weight > 0:
         discriminator = PatchDiscriminator(config.discriminator_layers).to(device).train()
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
