@@ -390,3 +390,14 @@ def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
     bad = subprocess.run([sys.executable, "-m", "magic", "experiment", "augment", "--config", str(CONFIG),
                           "--output", "cli-out"], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "other settings" in bad.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_plans_distinct_runs_with_a_real_only_baseline(path):
+    config = load_config(path)
+    runs = plan_runs(config)
+    ids = [run.run_id for run in runs]
+    assert len(ids) == len(set(ids)) > 1
+    for spec in config.classifiers:  # every classifier and seed has its real-only baseline to compare with
+        baselines = {run.seed for run in runs if run.classifier == spec.name and run.kind == "real-only"}
+        assert baselines == set(config.seeds), (spec.name, baselines)

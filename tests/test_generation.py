@@ -69,6 +69,24 @@ def test_image_to_image_keeps_size_and_rejects_mismatched_prompts(pipeline_dir, 
         generator.image_to_image(images[:3], ["a", "b"], FAST)
 
 
+def test_a_model_that_decodes_nan_or_black_raises_instead_of_returning_black_images(pipeline_dir):
+    from magic.generation import GenerationError
+
+    broken = Generator.from_pretrained(pipeline_dir)
+    with torch.no_grad():
+        broken.pipeline.vae.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(GenerationError, match=r"Images \[0, 1\] came out NaN or black"):
+        broken.text_to_image("a disc shape", FAST, num_images=2)
+
+    black = Generator.from_pretrained(pipeline_dir)
+    with torch.no_grad():
+        black.pipeline.vae.decoder.conv_out.weight.zero_()
+        black.pipeline.vae.decoder.conv_out.bias.fill_(-10.0)  # decodes to -1 everywhere: a black image
+    with pytest.raises(GenerationError, match="NaN or black"):
+        black.image_to_image(Generator.from_pretrained(pipeline_dir).text_to_image("a disc shape", FAST),
+                             "a square shape", GenerationSettings(steps=4, strength=0.5, seed=1))
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="strength"):
         GenerationSettings(strength=0)

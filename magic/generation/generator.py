@@ -55,9 +55,11 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _is_unusable(image: Image.Image) -> bool:
-    array = np.asarray(image, dtype=np.float32)
-    return not np.isfinite(array).all() or float(array.max()) <= 2.0
+def _unusable(images: np.ndarray) -> list[int]:
+    """Indices of the decoded images (float, 0-1, NHWC) that are NaN/inf anywhere or black (max <= 2 grey levels)."""
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    bright = np.nan_to_num(images, nan=0.0).reshape(len(images), -1).max(axis=1) > 2.0 / 255.0
+    return [int(i) for i in np.flatnonzero(~(finite & bright))]
 
 
 GENERATOR_INFO = "magic_generator.json"
@@ -199,20 +201,21 @@ class Generator:
             return self._run_locked(pipeline, settings, seeds, **kwargs)
 
     def _run_locked(self, pipeline, settings: GenerationSettings, seeds: list[int], **kwargs) -> list[Image.Image]:
+        # decoded as float arrays: a NaN is still visible there (PIL conversion would have turned it black)
         images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                          generator=self._generators(seeds), **kwargs).images
-        if any(_is_unusable(image) for image in images) and self.pipeline.unet.dtype != torch.float32:
+                          generator=self._generators(seeds), output_type="np", **kwargs).images
+        if _unusable(images) and self.pipeline.unet.dtype != torch.float32:
             # half precision can overflow to NaN; one retry in float32 on the same seeds
             self.pipeline.to(torch.float32)
             try:
                 images = pipeline(num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                                  generator=self._generators(seeds), **kwargs).images
+                                  generator=self._generators(seeds), output_type="np", **kwargs).images
             finally:
                 self.pipeline.to(torch.float16)
-        bad = [i for i, image in enumerate(images) if _is_unusable(image)]
+        bad = _unusable(images)
         if bad:
             raise GenerationError(f"Images {bad} came out NaN or black; lower guidance or use float32.")
-        return images
+        return pipeline.numpy_to_pil(images)
 
     def text_to_image(self, prompts: list[str] | str, settings: GenerationSettings | None = None,
                       num_images: int = 1, seeds: list[int] | None = None) -> list[Image.Image]:
@@ -222,8 +225,7 @@ class Generator:
         settings = settings or GenerationSettings()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         expanded = [prompt for prompt in prompts for _ in range(num_images)]
-        return self._run(self.pipeline, settings, self._seeds(settings, len(expanded), seeds), prompt=expanded,
-                         output_type="pil")
+        return self._run(self.pipeline, settings, self._seeds(settings, len(expanded), seeds), prompt=expanded)
 
     def image_to_image(self, images: list[Image.Image] | Image.Image, prompts: list[str] | str,
                        settings: GenerationSettings | None = None, seeds: list[int] | None = None
@@ -238,4 +240,4 @@ class Generator:
         size = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         sources = [image.convert("RGB").resize((size, size), Image.BICUBIC) for image in images]
         return self._run(self._img2img, settings, self._seeds(settings, len(images), seeds), prompt=prompts,
-                         image=sources, strength=settings.strength, output_type="pil")
+                         image=sources, strength=settings.strength)
