@@ -333,9 +333,12 @@ def cmd_feedback_loop(args: argparse.Namespace) -> int:
         print(json.dumps({key: value for key, value in values.items()
                           if key not in ("per_condition_score", "judge_per_condition")}), flush=True)
         if silent:
+            remedy = ("they were anchored to the reference model" if training.get("anchored") else
+                      "the shared LoRA can drift away from them over the rounds; --anchor-weight 1.0 holds them "
+                      "near the reference model")
             print(f"warning: round {report.round}: every pair of {', '.join(silent)} lost (the evaluator credits "
-                  "none of their images), so DPO had no direction for them; check the evaluator on generated "
-                  "images of these conditions", file=sys.stderr, flush=True)
+                  f"none of their images), so DPO had no direction for them; {remedy}; check the evaluator on "
+                  "generated images of these conditions", file=sys.stderr, flush=True)
 
     run_feedback_loop(generator, load_evaluator(args.evaluator), config, judge=judge, heldout=heldout,
                       output=args.output, on_round=show)
