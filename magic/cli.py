@@ -179,7 +179,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
                          perceptual_network=args.perceptual_network, consistency_weight=args.consistency_weight,
                          adversarial_weight=args.adversarial_weight, adversarial_start=args.adversarial_start)
     unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr,
-                               ema_decay=args.ema_decay)
+                               ema_decay=args.ema_decay, balance=args.balance)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
     output = train_generator(dataset, args.output, sizes, vae, unet, args.prompt_template, device=device,
                              dataset_name=str(args.data), repo_id=args.repo_id, vae_from=args.vae_from,
@@ -538,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--batch-size", type=int, default=64)
     tg.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate.")
     tg.add_argument("--ema-decay", type=float, default=0.999, help="UNet weight EMA decay (0: off).")
+    tg.add_argument("--balance", choices=["none", "sampler", "sqrt-sampler"], default="none",
+                    help="How the UNet's batches are drawn: none (every image equally often), sampler (every class "
+                         "equally often) or sqrt-sampler (in between).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
     _add_vae_loss_arguments(tg)
     tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")

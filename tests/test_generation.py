@@ -323,11 +323,12 @@ def test_train_generator_cli_builds_a_loadable_pipeline_with_card(tiny_dataset, 
     out = tmp_path / "trained-sd"
     result = run_cli("train-generator", "--data", str(tiny_dataset), "--output", str(out), "--image-size", "32",
                      "--text-encoder", "random-tiny", "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "4",
-                     "--device", "cpu", "--prompt-template", "a {name} shape")
+                     "--device", "cpu", "--prompt-template", "a {name} shape", "--balance", "sampler")
     assert result.returncode == 0, result.stderr
     assert (out / "model_index.json").is_file() and not list(out.rglob("*.bin"))
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "a disc shape" in card
+    assert "'balance': 'sampler'" in card  # the card records how the batches were drawn
     images = Generator.from_pretrained(out).text_to_image("a disc shape", FAST)
     assert images[0].size == (32, 32)
 
@@ -357,6 +358,28 @@ def test_train_generator_continues_a_saved_vae_and_unet(pipeline_dir, tiny_datas
     with pytest.raises(ValueError, match="does not fit this pipeline"):
         train_generator(output=tmp_path / "bad", unet_config=DenoiserTrainConfig(steps=0),
                         **{**common, "unet_from": other})
+
+
+def test_class_balanced_denoiser_batches_draw_each_prompt_equally_often(pipeline_dir, shapes):
+    from magic.generation.train import sampling_probabilities
+
+    prompts = ["a disc shape"] * 6 + ["a square shape"] * 2
+    probabilities = sampling_probabilities(prompts, "sampler")
+    assert probabilities[:6].sum() == pytest.approx(0.5) and probabilities[6:].sum() == pytest.approx(0.5)
+    assert np.allclose(sampling_probabilities(prompts, "sqrt-sampler")[[0, 6]] / (6 ** -0.5, 2 ** -0.5),
+                       sampling_probabilities(prompts, "sqrt-sampler")[0] / 6 ** -0.5)
+    assert sampling_probabilities(prompts, "none") is None
+    with pytest.raises(ValueError, match="balance must be one of"):
+        DenoiserTrainConfig(balance="oversample")
+
+    images, _ = shapes
+    trained = {}
+    for balance in ("none", "sampler"):
+        generator = Generator.from_pretrained(pipeline_dir)
+        train_denoiser(generator.pipeline, images, prompts, DenoiserTrainConfig(steps=2, batch_size=4,
+                                                                                warmup_steps=0, balance=balance))
+        trained[balance] = generator.pipeline.unet.state_dict()
+    assert any(not torch.equal(trained["none"][k], trained["sampler"][k]) for k in trained["none"])  # other batches
 
 
 def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise():

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..precision import autocast_enabled
 
 METHODS = ("full", "lora", "textual-inversion")
+BALANCE_CHOICES = ("none", "sampler", "sqrt-sampler")
 
 
 @dataclass
@@ -48,13 +49,30 @@ class DenoiserTrainConfig:
         "help": "Encode every image once with the frozen VAE instead of at every step (flips then act on latents)."})
     mixed_precision: bool = field(default=True, metadata={
         "help": "bfloat16 autocast on GPU and on CPUs with native bfloat16."})
+    balance: str = field(default="none", metadata={
+        "help": "How batches are drawn: none (every image equally often), sampler (every distinct prompt, i.e. "
+                "class, equally often) or sqrt-sampler (an image of a prompt with n images weighs n ** -0.5)."})
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        if self.balance not in BALANCE_CHOICES:
+            raise ValueError(f"balance must be one of {BALANCE_CHOICES}, got {self.balance!r}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def sampling_probabilities(prompts: Sequence[str], balance: str) -> np.ndarray | None:
+    """Per-image draw probabilities for ``balance`` (None: uniform): an image whose prompt has ``n`` images weighs
+    ``n ** -1`` (sampler) or ``n ** -0.5`` (sqrt-sampler)."""
+    if balance == "none":
+        return None
+    exponent = {"sampler": -1.0, "sqrt-sampler": -0.5}[balance]
+    _, inverse, counts = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True,
+                                   return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** exponent
+    return weights / weights.sum()
 
 
 def _pixel_transform(size: int, flips: bool):
@@ -160,10 +178,12 @@ def train_denoiser(
     cached_text = encode_prompts(pipeline, prompts) if config.method != "textual-inversion" else None
     scaling = pipeline.vae.config.scaling_factor
 
+    probabilities = sampling_probabilities(prompts, config.balance)
     pipeline.unet.train(config.method != "textual-inversion")
     history = []
     for step in tqdm(range(config.steps), desc=f"train {config.method}", unit="step"):
-        batch = rng.choice(len(images), size=config.batch_size, replace=len(images) < config.batch_size)
+        batch = rng.choice(len(images), size=config.batch_size, replace=len(images) < config.batch_size,
+                           p=probabilities)
         texts = [prompts[i] if rng.random() >= config.cfg_dropout else "" for i in batch]
         with torch.no_grad():
             if cached_latents is not None:
