@@ -105,3 +105,8 @@ def imbalanced_subset(
             raise SubsetError(f"Unknown profile {profile!r}; known: {sorted(IMBALANCE_PROFILES)}.")
         profile = IMBALANCE_PROFILES[profile]
     return subset_from_counts(dataset, scale_profile(profile, total, min_per_class), seed=seed)
+
+
+def balance_exponent(balance: str) -> float:
+    """Exponent of the class count in a per-image weight: sampler -1, sqrt-sampler -0.5, otherwise 0."""
+    return {"sampler": -1.0, "sqrt-sampler": -0.5}.get(balance, 0.0)

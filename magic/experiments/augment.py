@@ -17,6 +17,7 @@ import numpy as np
 from ..classifiers.evaluate import evaluate_classifier
 from ..classifiers.train import TrainConfig, resolve_device, train_classifier
 from ..data.datasets import DatasetFormatError, class_names, labels_of, load_image_dataset
+from ..data.subsets import balance_exponent
 from .config import (
     CLASSIC,
     EXTRA_REAL,
@@ -31,7 +32,6 @@ from .config import (
 from .mixing import (
     INDEX_COLUMN,
     ORIGIN_COLUMN,
-    balance_exponent,
     combine,
     extra_real,
     first_per_class,

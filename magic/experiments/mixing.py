@@ -91,11 +91,6 @@ def combine(real: datasets.Dataset, added: datasets.Dataset | None) -> datasets.
     return datasets.concatenate_datasets([real, added])
 
 
-def balance_exponent(balance: str) -> float:
-    """Exponent of the class count in a per-image weight: sampler -1, sqrt-sampler -0.5, otherwise 0."""
-    return {"sampler": -1.0, "sqrt-sampler": -0.5}.get(balance, 0.0)
-
-
 def mixing_weights(labels: Sequence[int], added: Sequence[bool], share: float, exponent: float = 0.0) -> np.ndarray:
     """Per-image sampling weights under which added images make up ``share`` of the draws in expectation.
 

@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from ..data.subsets import balance_exponent
 from ..precision import autocast_enabled
 
 METHODS = ("full", "lora", "textual-inversion")
@@ -68,7 +69,7 @@ def sampling_probabilities(prompts: Sequence[str], balance: str) -> np.ndarray |
     ``n ** -1`` (sampler) or ``n ** -0.5`` (sqrt-sampler)."""
     if balance == "none":
         return None
-    exponent = {"sampler": -1.0, "sqrt-sampler": -0.5}[balance]
+    exponent = balance_exponent(balance)
     _, inverse, counts = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True,
                                    return_counts=True)
     weights = counts[inverse].astype(np.float64) ** exponent
