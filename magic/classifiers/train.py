@@ -16,6 +16,7 @@ from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 from ..data.datasets import TorchImageDataset, class_names, labels_of
+from ..data.subsets import balance_exponent
 from ..data.transforms import AugmentConfig, train_transform
 from .calibration import fit_temperature
 from .evaluate import collect_logits, collect_outputs, metrics_from_logits
@@ -110,7 +111,7 @@ def train_classifier(
                                                          generator=generator)
         loader_kwargs = {"sampler": sampler}
     elif config.balance in ("sampler", "sqrt-sampler"):
-        weights = np.maximum(counts, 1) ** (-1.0 if config.balance == "sampler" else -0.5)
+        weights = np.maximum(counts, 1).astype(np.float64) ** balance_exponent(config.balance)
         sampler = torch.utils.data.WeightedRandomSampler(weights[np.asarray(labels)].tolist(), len(labels),
                                                          replacement=True, generator=generator)
         loader_kwargs = {"sampler": sampler}
