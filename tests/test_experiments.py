@@ -331,6 +331,62 @@ def test_a_source_can_be_swept_over_its_own_counts():
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "g", "synthetic_per_class": [0]}]})
 
 
+def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_judge_keeps(
+        workspace, tiny_classifier_dir, tmp_path, monkeypatch):
+    from magic.generation.filtering import FilterConfig, ImageFilter
+
+    monkeypatch.chdir(workspace)
+    settings = {"generator": "tiny/generator", "steps": 2, "guidance": 2.0}
+    untuned = SyntheticSource(name="untuned", **settings)
+    pool, _ = source_pool(untuned, TINY_CLASSES, 4, tmp_path / "out")  # the twin's images, generated once
+    judge = ImageFilter(FilterConfig(classifier=str(tiny_classifier_dir)))
+    scores = judge.scores(pool["image"], [TINY_CLASSES[label] for label in pool["label"]])
+    threshold = float(np.median(scores))
+    kept = np.flatnonzero(scores >= threshold)
+    assert 0 < len(kept) < len(pool)
+
+    calls = []
+    train = augment_module.train_classifier
+
+    def spy_train(config, train_dataset, val_dataset=None, log=None, sample_weights=None):
+        calls.append(train_dataset)
+        return train(config, train_dataset, val_dataset, log=log, sample_weights=sample_weights)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the filtered source generated images its twin had already made")
+
+    monkeypatch.setattr(augment_module, "train_classifier", spy_train)
+    monkeypatch.setattr(Generator, "from_pretrained", refuse)
+    config = config_from_dict({
+        "name": "filtered", "real_data": "tiny/real", "imbalanced": {"disc": 2, "square": 6, "cross": 1},
+        "total": 12, "min_per_class": 2, "synthetic_per_class": [0, 4], "synthetic_share": [0.5], "seeds": [0],
+        "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
+                         "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
+        "synthetic_sources": [{"name": "untuned", **settings},
+                              {"name": "untuned-kept", **settings,
+                               "filter": {"classifier": str(tiny_classifier_dir), "min_confidence": threshold}}],
+        "controls": {"extra_real": False, "classic_augmentation": False}})
+    report = run_augment_experiment(config, tmp_path / "out")
+    assert report["ran"] == 3 and not (tmp_path / "out" / "synthetic" / "untuned-kept").exists()
+    runs = {run["source"] or run["kind"]: run for run in report["runs"]}
+    assert runs["untuned"]["added_per_class"] == {name: 4 for name in TINY_CLASSES}
+    labels = np.asarray(pool["label"])
+    assert runs["untuned-kept"]["added_per_class"] == {name: int((labels[kept] == index).sum())
+                                                       for index, name in enumerate(TINY_CLASSES)}
+    assert runs["untuned-kept"]["filter"]["generated_per_class"] == 4
+    filtered_set = next(data for data in calls if "synthetic:untuned-kept" in data[ORIGIN_COLUMN])
+    added = [row for row, origin in zip(filtered_set[INDEX_COLUMN], filtered_set[ORIGIN_COLUMN]) if origin != "real"]
+    assert added == kept.tolist()  # exactly the images the judge kept, in pool order
+    facts = report["synthetic_sources"]["untuned-kept"]["filter"]
+    assert sum(count["kept"] for count in facts["per_class"].values()) == len(kept)
+    assert f"kept {len(kept)} of {len(pool)} images" in (tmp_path / "out" / "report.md").read_text()
+
+    # the scores are cached beside the images: judging again would be a waste (and, for an API evaluator, cost)
+    monkeypatch.setattr(ImageFilter, "scores", refuse)
+    again, _ = source_pool(config.synthetic_sources[1], TINY_CLASSES, 4, tmp_path / "out", folder="untuned")
+    assert np.flatnonzero(again["filter_kept"]).tolist() == kept.tolist()
+
+
 def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
     import yaml
 
@@ -353,6 +409,15 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "inpaint"}]})
     with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "batch_size": 0}]})
+    with pytest.raises(ConfigError, match=r"synthetic_sources\[0\].filter: A filter takes a `classifier` or an"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b",
+                                                         "filter": {"classifier": "c", "evaluator": "embedded"}}]})
+    with pytest.raises(ConfigError, match="needs `catalog`"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b",
+                                                         "filter": {"evaluator": "embedded"}}]})
+    with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['min_confidance'\]"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b",
+                                                         "filter": {"classifier": "c", "min_confidance": 0.5}}]})
     with pytest.raises(ConfigError, match="synthetic_share"):
         config_from_dict({**good, "synthetic_share": [1.5]})
     with pytest.raises(ConfigError, match="Missing key"):

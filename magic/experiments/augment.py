@@ -39,7 +39,7 @@ from .mixing import (
     real_subset,
 )
 from .report import markdown_report, plot_macro_f1, summarise, target_check
-from .synthetic import source_pool
+from .synthetic import KEPT_COLUMN, source_pool
 
 PLOT_NAME = "macro_f1_vs_synthetic.png"
 
@@ -97,14 +97,15 @@ class _Experiment:
             count = max(run.per_class for run in runs)
             if not source.per_seed:
                 self.log(f"synthetic source {source.name}: {count} images per class")
-                self.pools[source.name, None], self.sources[source.name] = source_pool(source, self.names, count,
-                                                                                       self.output)
+                self.pools[source.name, None], self.sources[source.name] = source_pool(
+                    source, self.names, count, self.output, folder=self.config.image_folder(source))
                 continue
             facts = {}
             for seed in sorted({run.seed for run in runs}):  # made from each seed's own real images
                 self.log(f"synthetic source {source.name}, seed {seed}: {count} images per class ({source.mode})")
                 self.pools[source.name, seed], facts[f"seed-{seed}"] = source_pool(
-                    source, self.names, count, self.output, real=self.base(seed), seed=seed)
+                    source, self.names, count, self.output, real=self.base(seed), seed=seed,
+                    folder=self.config.image_folder(source))
             self.sources[source.name] = {"mode": source.mode, "per_seed": facts}
 
     def base(self, seed: int) -> datasets.Dataset:
@@ -120,6 +121,12 @@ class _Experiment:
         if run.kind == SYNTHETIC:
             pool = self.pools.get((run.source, run.seed), self.pools.get((run.source, None)))
             added = first_per_class(pool, run.per_class, f"synthetic source {run.source!r}")
+            if KEPT_COLUMN in added.column_names:  # a filtered source: the judge's rejects stay out
+                kept = np.flatnonzero(added[KEPT_COLUMN])
+                if not len(kept):
+                    raise ValueError(f"The filter of synthetic source {run.source!r} rejected all "
+                                     f"{len(added)} images; lower its threshold or check its judge.")
+                added = added.select(kept.tolist()).remove_columns(KEPT_COLUMN)
         elif run.kind == EXTRA_REAL:
             added = extra_real(self.train, base, run.per_class, run.seed)
         else:
@@ -169,6 +176,9 @@ class _Experiment:
             "train_config": train.to_dict(), "fast": fast, "wall_s": time.time() - started,
             "device": _device_name(train.device), "threads": _threads(),
         }
+        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
+        if run.kind == SYNTHETIC and source is not None and source.filter.enabled:
+            record["filter"] = {"judge": source.filter.describe(), "generated_per_class": run.per_class}
         if run.kind == EXTRA_REAL:
             record["extra_real_rows"] = sorted(int(row) for row in np.asarray(train_set[INDEX_COLUMN])[added])
         return _plain(record)

@@ -11,6 +11,7 @@ from typing import Any
 from ..classifiers.train import TrainConfig
 from ..data.transforms import AugmentConfig
 from ..generation.class_loras import ClassLoRAConfig
+from ..generation.filtering import FilterConfig
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,12 @@ class SyntheticSource:
     batch_size: int = field(default=1, metadata={
         "help": "Images per pipeline call (8-32 is several times faster than 1). Batched images equal the "
                 "one-at-a-time images of their seeds up to rounding, so a cache records a batch size above 1."})
+    filter: FilterConfig = field(default_factory=FilterConfig, metadata={
+        "help": "A judge that drops generated images it does not accept (FilterConfig fields: a `classifier` "
+                "trained on real images with `min_confidence`, or an `evaluator` with `catalog` and `min_score`). "
+                "The per-class counts are images generated; the rejected ones are left out of training. Sources "
+                "with the same generation settings share one image cache, so a filtered source and its unfiltered "
+                "twin compare the same images."})
     synthetic_per_class: list[int] = field(default_factory=list, metadata={
         "help": "Counts per class this source is swept over, when not the experiment's `synthetic_per_class` "
                 "(e.g. fewer for a source that is slow to generate); empty: the experiment's."})
@@ -197,6 +204,14 @@ class AugmentExperimentConfig:
             if bad:
                 raise ConfigError(f"{kind} names {bad} must be non-empty, without '/' or '__'.")
 
+    def image_folder(self, source: SyntheticSource) -> str:
+        """The name of the OUTPUT/synthetic/ folder ``source``'s generated images are cached in: that of the first
+        source with the same generation settings (so a filtered source reuses its unfiltered twin's images)."""
+        if not source.generator:
+            return source.name
+        return next(other.name for other in self.synthetic_sources
+                    if other.generator and other.cache_key() == source.cache_key())
+
     def with_fast_caps(self) -> AugmentExperimentConfig:
         """A copy shrunk by ``fast``: fewer seeds, steps and images (same conditions)."""
         caps = self.fast
@@ -268,6 +283,8 @@ def _synthetic_source(values: Any, where: str) -> SyntheticSource:
     values = _check_keys(SyntheticSource, values, where)
     if "class_lora" in values:
         values["class_lora"] = _build(ClassLoRAConfig, values["class_lora"] or {}, f"{where}.class_lora")
+    if "filter" in values:
+        values["filter"] = _build(FilterConfig, values["filter"] or {}, f"{where}.filter")
     return _build(SyntheticSource, values, where)
 
 

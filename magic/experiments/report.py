@@ -109,6 +109,29 @@ def _anchor_lines() -> list[str]:
     return lines
 
 
+def _filter_lines(sources: dict) -> list[str]:
+    """A section on the filtered sources: their judge and the images it kept per class (per seed when made per
+    seed)."""
+    lines = []
+    for name, facts in sources.items():
+        parts = {f" ({key})": value for key, value in facts.get("per_seed", {}).items()} or {"": facts}
+        for where, part in parts.items():
+            judged = part.get("filter")
+            if not judged:
+                continue
+            counts = judged["per_class"]
+            kept = sum(count["kept"] for count in counts.values())
+            made = sum(count["generated"] for count in counts.values())
+            per_class = ", ".join(f"{label} {count['kept']}/{count['generated']}" for label, count in counts.items())
+            lines.append(f"- `{name}`{where}: judge {judged['judge']}; kept {kept} of {made} images "
+                         f"({100 * kept / max(made, 1):.1f} %); per class (kept/generated): {per_class}.")
+    if not lines:
+        return []
+    return ["## Filtered synthetic sources", "",
+            "Their rows count images generated per class; training used only those the judge kept (counted in "
+            "each run's `added_per_class`).", "", *lines, ""]
+
+
 def markdown_report(report: dict) -> str:
     """The experiment's report as markdown: setup, the measured table, the target check and the paper anchors."""
     config, rows = report["config"], report["conditions"]
@@ -146,6 +169,7 @@ def markdown_report(report: dict) -> str:
                      f"{_pm(row['accuracy'])} | {_pm(row['macro_f1'])} | {_delta(row['delta_macro_f1'])} |")
     lines += ["", "For +extra-real the count is of extra real images asked for per class (classes with fewer left in "
               "the real split get all they have); it bounds what perfect synthetic images could add.", ""]
+    lines += _filter_lines(report.get("synthetic_sources") or {})
     if report["target"]:
         lines += ["## Target: >= 10 points macro-F1 over real-only, and above classic augmentation", ""]
         for classifier, check in report["target"].items():

@@ -16,6 +16,8 @@ from .config import CLASS_LORA, IMAGE_TO_IMAGE, ConfigError, SyntheticSource
 from .mixing import INDEX_COLUMN, tag
 
 CACHE_SPEC = "source.json"
+#: Column of a filtered source's pool: whether the filter's judge accepts the image (dropped before training).
+KEPT_COLUMN = "filter_kept"
 
 
 def _prompt_template(source: SyntheticSource, names: list[str]) -> str:
@@ -98,8 +100,32 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     pool = _read_shards(sorted((cache / "data").glob("train-*.parquet")))
     row_of = {job_id: row for row, job_id in enumerate(pool["job_id"])}
     pool = pool.select([row_of[job.job_id] for job in jobs])
-    return tag(pool, f"synthetic:{source.name}", names), {"generated": made, "generation_s": time.time() - started,
-                                                          "cache": str(cache), "prompt_template": template}
+    facts = {"generated": made, "generation_s": time.time() - started, "cache": str(cache),
+             "prompt_template": template}
+    tagged = tag(pool, f"synthetic:{source.name}", names)
+    if not source.filter.enabled:
+        return tagged, facts
+    return _judged(source, pool, tagged, list(pool["job_id"]), names, cache, facts)
+
+
+def _judged(source: SyntheticSource, pool: datasets.Dataset, tagged: datasets.Dataset, ids: list[str],
+            names: list[str], folder: Path, facts: dict) -> tuple[datasets.Dataset, dict]:
+    """``tagged`` with a KEPT_COLUMN saying which images ``source.filter`` accepts (scores cached in ``folder``),
+    and ``facts`` with the counts generated and kept per class."""
+    from ..generation.filtering import ImageFilter, cached_scores
+
+    started = time.time()
+    image_filter = ImageFilter(source.filter)
+    labels = [names[label] for label in tagged["label"]]
+    scores = cached_scores(image_filter, ids, labels, lambda rows: pool.select(rows)["image"], folder)
+    kept = image_filter.keep(scores)
+    counts = {name: {"generated": labels.count(name),
+                     "kept": int(sum(1 for label, keep in zip(labels, kept) if keep and label == name))}
+              for name in names}
+    facts = {**facts, "filter": {"judge": source.filter.describe(), "per_class": counts,
+                                 "kept_share": float(kept.mean()) if len(kept) else 0.0,
+                                 "filter_s": time.time() - started}}
+    return tagged.add_column(KEPT_COLUMN, [bool(keep) for keep in kept]), facts
 
 
 def _read_shards(shards: list[Path]) -> datasets.Dataset:
@@ -119,15 +145,23 @@ def _empty_cuda_cache() -> None:
 
 
 def source_pool(source: SyntheticSource, names: list[str], per_class: int, output_dir: Path,
-                real: datasets.Dataset | None = None, seed: int | None = None) -> tuple[datasets.Dataset, dict]:
+                real: datasets.Dataset | None = None, seed: int | None = None,
+                folder: str | None = None) -> tuple[datasets.Dataset, dict]:
     """The tagged pool of synthetic images of ``source`` with at least ``per_class`` images of every class
-    (a dataset's own rows, or generated into ``output_dir/synthetic/NAME``, or for an image-to-image or
-    per-class-LoRA source made from ``real``, the real training set of ``seed``, into
-    ``output_dir/synthetic/NAME/seed-SEED``, the LoRAs under its ``loras/``), and facts about how it was made."""
+    (a dataset's own rows, or generated into ``output_dir/synthetic/FOLDER`` (default: the source's name), or
+    for an image-to-image or per-class-LoRA source made from ``real``, the real training set of ``seed``, into
+    ``output_dir/synthetic/FOLDER/seed-SEED``, the LoRAs under its ``loras/``), and facts about how it was made.
+    With a filter, the pool has a boolean KEPT_COLUMN (the judge's verdict; rejected rows stay, so counts are of
+    generated images) and the facts say how many images of each class it kept."""
     if source.dataset:
-        pool = tag(load_image_dataset(source.dataset, split=source.split), f"synthetic:{source.name}", names)
-        return pool, {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
-    cache = Path(output_dir) / "synthetic" / source.name
+        rows = load_image_dataset(source.dataset, split=source.split)
+        pool = tag(rows, f"synthetic:{source.name}", names)
+        facts = {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
+        if not source.filter.enabled:
+            return pool, facts
+        ids = list(rows["job_id"]) if "job_id" in rows.column_names else [f"row-{i}" for i in range(len(rows))]
+        return _judged(source, rows, pool, ids, names, Path(output_dir) / "synthetic" / source.name, facts)
+    cache = Path(output_dir) / "synthetic" / (folder or source.name)
     if source.per_seed:
         cache = cache / f"seed-{seed}"
     return generated_pool(source, names, per_class, cache, real=real)
