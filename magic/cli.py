@@ -251,6 +251,17 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter_dataset(args: argparse.Namespace) -> int:
+    from .generation.filtering import FilterConfig, filter_dataset
+
+    config = dataclass_from_args(FilterConfig, args)
+    if not config.enabled:
+        raise ValueError("Name the judge: --classifier MODEL (with --min-confidence) or --evaluator SPEC --catalog "
+                         "CATALOG (with --min-score).")
+    print(json.dumps(filter_dataset(args.data, args.output, config, split=args.split, shard_size=args.shard_size)))
+    return 0
+
+
 def cmd_train_class_loras(args: argparse.Namespace) -> int:
     from .data import load_image_dataset
     from .generation import Generator
@@ -646,6 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--license", default="cc-by-4.0", help="Licence in the dataset card (follow the source data).")
     gen.add_argument("--description", default="")
     gen.set_defaults(func=cmd_generate_dataset)
+
+    from .generation.filtering import FilterConfig
+
+    filt = commands.add_parser("filter-dataset", help="Keep the images of a generated dataset that a judge accepts "
+                                                      "(a classifier or a checklist evaluator); writes a new dataset.")
+    filt.add_argument("--data", required=True, help="Generated dataset folder or Hub id.")
+    filt.add_argument("--output", required=True, help="New dataset folder (parquet shards + card + cached scores).")
+    filt.add_argument("--split", default="train")
+    filt.add_argument("--shard-size", type=int, default=256, help="Images per parquet shard.")
+    add_dataclass_arguments(filt, FilterConfig)
+    filt.set_defaults(func=cmd_filter_dataset)
 
     predict = commands.add_parser("predict", help="Top-k classes for image files.")
     predict.add_argument("--model", required=True)

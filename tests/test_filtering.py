@@ -86,3 +86,69 @@ def test_bad_filter_settings_say_what_to_change():
     with pytest.raises(ValueError, match="names no judge"):
         ImageFilter(FilterConfig())
     assert "p(intended class) >= 0.7" in FilterConfig(classifier="c", min_confidence=0.7).describe()
+
+
+@pytest.fixture(scope="module")
+def generated_dataset(tmp_path_factory) -> str:
+    """A tiny generated dataset (parquet shards + card + provenance), as `generate-dataset` writes."""
+    from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline
+    from magic.generation.dataset import count_plan, generate_dataset, write_dataset_card
+
+    folder = tmp_path_factory.mktemp("generated")
+    config = TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
+                          text_encoder="random-tiny", max_prompt_tokens=16)
+    build_pipeline(config).save_pretrained(folder / "generator", safe_serialization=True)
+    generator = Generator.from_pretrained(folder / "generator", device="cpu")
+    settings = GenerationSettings(steps=2, guidance=2.0)
+    generate_dataset(generator, count_plan(TINY_CLASSES, 4, "a {name} shape"), folder / "data-set", TINY_CLASSES,
+                     settings, batch_size=4)
+    write_dataset_card(folder / "data-set", TINY_CLASSES, "tiny/generator", settings, license="cc-by-4.0")
+    return str(folder / "data-set")
+
+
+def test_filter_dataset_writes_a_hub_shaped_dataset_of_the_kept_rows_with_their_provenance(
+        generated_dataset, tiny_classifier_dir, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from magic.generation.filtering import filter_dataset
+
+    source = load_image_dataset(generated_dataset, split="train")
+    labels = [TINY_CLASSES[label] for label in source["label"]]
+    scores = ImageFilter(FilterConfig(classifier=str(tiny_classifier_dir))).scores(source["image"], labels)
+    threshold = float(np.median(scores))
+    config = FilterConfig(classifier=str(tiny_classifier_dir), min_confidence=threshold)
+    summary = filter_dataset(generated_dataset, tmp_path / "kept", config, shard_size=5)
+    kept = np.flatnonzero(scores >= threshold)
+    assert 0 < summary["kept"] == len(kept) < summary["judged"] == len(source)
+    out = load_image_dataset(tmp_path / "kept", split="train")
+    assert out["job_id"] == [source["job_id"][i] for i in kept]  # source order, provenance kept
+    assert set(source.column_names) < set(out.column_names) and "filter_score" in out.column_names
+    np.testing.assert_allclose(out["filter_score"], scores[kept], atol=1e-6)
+    assert np.array_equal(np.asarray(out[0]["image"]), np.asarray(source[int(kept[0])]["image"]))
+    assert len(list((tmp_path / "kept" / "data").glob("train-*.parquet"))) == -(-len(kept) // 5)
+    card = (tmp_path / "kept" / "README.md").read_text()
+    assert "| class | judged | kept |" in card and "The source dataset's card" in card and "synthetic" in card
+    for name in TINY_CLASSES:
+        assert f"| {name} | {labels.count(name)} | {summary['per_class'][name]['kept']} |" in card
+
+    # a stricter threshold reuses the cached scores; writing over the source is refused
+    monkeypatch.setattr(ImageFilter, "scores", lambda *args: pytest.fail("judged an image twice"))
+    stricter = filter_dataset(generated_dataset, tmp_path / "kept",
+                              FilterConfig(classifier=str(tiny_classifier_dir), min_confidence=float(scores.max())))
+    assert stricter["kept"] == int((scores >= scores.max()).sum())
+    with pytest.raises(ValueError, match="new folder"):
+        filter_dataset(generated_dataset, generated_dataset, config)
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "magic", "filter-dataset", "--data", generated_dataset, "--output",
+                           str(tmp_path / "cli"), "--classifier", str(tiny_classifier_dir), "--min-confidence",
+                           str(threshold)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["kept"] == len(kept)
+    missing = subprocess.run([sys.executable, "-m", "magic", "filter-dataset", "--data", generated_dataset,
+                              "--output", str(tmp_path / "bad"), "--evaluator", "embedded"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode != 0 and "needs `catalog`" in missing.stderr

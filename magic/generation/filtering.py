@@ -167,3 +167,65 @@ def cached_scores(image_filter: ImageFilter, ids: Sequence[str], labels: Sequenc
         partial.write_text(json.dumps({"judge": judge, "scores": cached}, indent=0) + "\n")
         os.replace(partial, path)
     return np.asarray([cached[row_id] for row_id in ids], dtype=np.float64)
+
+
+def filter_dataset(data: str | os.PathLike, output: str | os.PathLike, config: FilterConfig, split: str = "train",
+                   shard_size: int = 256) -> dict:
+    """Write the rows of ``data``'s ``split`` (a generated dataset folder or Hub id) that ``config``'s judge keeps
+    to ``output`` as a Hub-shaped dataset: every column of the source plus ``filter_score``, in source order,
+    with a card that names the judge and the counts kept per class. Scores are cached in ``output``, so a rerun
+    (or another threshold with the same judge) judges nothing again. Returns the counts."""
+    from ..data.datasets import class_names, load_image_dataset
+
+    output = Path(output)
+    if Path(data).exists() and Path(data).resolve() == output.resolve():
+        raise ValueError(f"Write the filtered dataset to a new folder, not over its source {data}.")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
+    image_filter = ImageFilter(config)
+    rows = load_image_dataset(data, split=split)
+    names = class_names(rows)
+    labels = [names[label] for label in rows["label"]]
+    ids = list(rows["job_id"]) if "job_id" in rows.column_names else [f"row-{i}" for i in range(len(rows))]
+    scores = cached_scores(image_filter, ids, labels, lambda positions: rows.select(positions)["image"], output)
+    kept = np.flatnonzero(image_filter.keep(scores))
+    if not len(kept):
+        raise ValueError(f"The judge ({config.describe()}) kept none of the {len(rows)} images; lower the threshold "
+                         "or check that the judge was trained on these classes.")
+    subset = rows.select(kept.tolist())
+    subset = subset.add_column("filter_score", scores[kept].tolist())
+    folder = output / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.parquet"):
+        stale.unlink()
+    shards = -(-len(subset) // shard_size)
+    for index in range(shards):
+        part = subset.select(range(index * shard_size, min((index + 1) * shard_size, len(subset))))
+        part.to_parquet(folder / f"{split}-{index:05d}-of-{shards:05d}.parquet")
+    counts = {name: {"generated": labels.count(name), "kept": int(sum(labels[i] == name for i in kept))}
+              for name in names}
+    _write_filtered_card(output, data, split, config, counts)
+    return {"output": str(output), "judged": len(rows), "kept": len(kept), "per_class": counts}
+
+
+def _write_filtered_card(output: Path, data: str | os.PathLike, split: str, config: FilterConfig,
+                         counts: dict) -> Path:
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    source_card = Path(data) / "README.md"
+    metadata, body = DatasetCardData(), ""
+    if source_card.is_file():
+        card = DatasetCard.load(source_card)
+        metadata, body = card.data, card.text.strip()
+    metadata.pretty_name = output.name
+    table = "\n".join(f"| {name} | {count['generated']} | {count['kept']} |" for name, count in counts.items())
+    content = (f"---\n{metadata.to_yaml()}\n---\n\n# {output.name}\n\n"
+               f"The `{split}` images of `{data}` that a judge accepts: {config.describe()} "
+               f"(settings: {json.dumps(config.judge_settings())}). Each row keeps its provenance columns and adds "
+               "`filter_score` (the classifier's probability of the row's class, or the checklist items met).\n\n"
+               f"| class | judged | kept |\n|---|---|---|\n{table}\n")
+    if body:
+        content += "\n## The source dataset's card\n" + ("\n" + body).replace("\n# ", "\n### ") + "\n"
+    path = output / "README.md"
+    DatasetCard(content).save(path)
+    return path
