@@ -4,10 +4,12 @@ cache and bad settings."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from magic.classifiers import load_classifier
 from magic.data import load_image_dataset
@@ -73,6 +75,15 @@ def test_scores_are_cached_by_row_id_and_only_new_rows_are_judged(tiny_classifie
     assert cached_scores(judge, ids, labels, load, tmp_path).tolist() == both.tolist() and len(asked) == 2
     with pytest.raises(ValueError, match="unique"):
         cached_scores(judge, ["a", "a"], labels[:2], load, tmp_path)
+
+    # a retrained classifier in the same folder is another judge: its scores are not read from the old file
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_classifier_dir, retrained)
+    before = ImageFilter(FilterConfig(classifier=str(retrained))).score_key
+    weights = load_file(retrained / "model.safetensors")
+    save_file({name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              retrained / "model.safetensors")
+    assert ImageFilter(FilterConfig(classifier=str(retrained))).score_key != before
 
 
 def test_bad_filter_settings_say_what_to_change():

@@ -88,12 +88,15 @@ class ImageFilter:
 
     @property
     def score_key(self) -> str:
-        """What a score depends on: the judge (its folder's weights hashed when it is a local classifier)."""
+        """What a score depends on: the judge (a classifier's weights hashed, so a retrained one is not mistaken
+        for the old)."""
         judge = {key: value for key, value in self.config.judge_settings().items()
                  if key not in ("min_confidence", "min_score")}
-        if self.config.classifier and Path(self.config.classifier).is_dir():
+        if self.config.classifier:
+            from ..hub import resolve_model
+
             digest = hashlib.sha256()
-            for path in sorted(Path(self.config.classifier).glob("*.safetensors")):
+            for path in sorted(resolve_model(self.config.classifier).glob("*.safetensors")):
                 digest.update(path.read_bytes())
             judge["weights_sha256"] = digest.hexdigest()
         return hashlib.sha256(json.dumps(judge, sort_keys=True).encode()).hexdigest()[:16]
