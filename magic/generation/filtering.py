@@ -89,7 +89,7 @@ class ImageFilter:
     @property
     def score_key(self) -> str:
         """What a score depends on: the judge (a classifier's weights hashed, so a retrained one is not mistaken
-        for the old)."""
+        for the old; an evaluator's catalog version and items)."""
         judge = {key: value for key, value in self.config.judge_settings().items()
                  if key not in ("min_confidence", "min_score")}
         if self.config.classifier:
@@ -99,6 +99,13 @@ class ImageFilter:
             for path in sorted(resolve_model(self.config.classifier).glob("*.safetensors")):
                 digest.update(path.read_bytes())
             judge["weights_sha256"] = digest.hexdigest()
+        else:  # an edited catalog (its items, hence its version) is another checklist
+            from ..catalog import load_catalog
+
+            catalog = load_catalog(self.config.catalog)
+            judge["backend"] = self._load().backend_id  # names the evaluator's weights or model
+            judge["catalog_version"] = f"{catalog.name}@{catalog.version}"
+            judge["items_sha256"] = hashlib.sha256(repr((catalog.criteria, catalog.conditions)).encode()).hexdigest()
         return hashlib.sha256(json.dumps(judge, sort_keys=True).encode()).hexdigest()[:16]
 
     def _load(self):
