@@ -112,16 +112,14 @@ def _judged(source: SyntheticSource, pool: datasets.Dataset, tagged: datasets.Da
             names: list[str], folder: Path, facts: dict) -> tuple[datasets.Dataset, dict]:
     """``tagged`` with a KEPT_COLUMN saying which images ``source.filter`` accepts (scores cached in ``folder``),
     and ``facts`` with the counts generated and kept per class."""
-    from ..generation.filtering import ImageFilter, cached_scores
+    from ..generation.filtering import ImageFilter, cached_scores, kept_per_class
 
     started = time.time()
     image_filter = ImageFilter(source.filter)
     labels = [names[label] for label in tagged["label"]]
     scores = cached_scores(image_filter, ids, labels, lambda rows: pool.select(rows)["image"], folder)
     kept = image_filter.keep(scores)
-    counts = {name: {"generated": labels.count(name),
-                     "kept": int(sum(1 for label, keep in zip(labels, kept) if keep and label == name))}
-              for name in names}
+    counts = kept_per_class(labels, kept, names)
     facts = {**facts, "filter": {"judge": source.filter.describe(), "per_class": counts,
                                  "kept_share": float(kept.mean()) if len(kept) else 0.0,
                                  "filter_s": time.time() - started}}
@@ -159,8 +157,9 @@ def source_pool(source: SyntheticSource, names: list[str], per_class: int, outpu
         facts = {"generated": 0, "generation_s": 0.0, "dataset": source.dataset}
         if not source.filter.enabled:
             return pool, facts
-        ids = list(rows["job_id"]) if "job_id" in rows.column_names else [f"row-{i}" for i in range(len(rows))]
-        return _judged(source, rows, pool, ids, names, Path(output_dir) / "synthetic" / source.name, facts)
+        from ..generation.filtering import row_ids
+
+        return _judged(source, rows, pool, row_ids(rows), names, Path(output_dir) / "synthetic" / source.name, facts)
     cache = Path(output_dir) / "synthetic" / (folder or source.name)
     if source.per_seed:
         cache = cache / f"seed-{seed}"

@@ -66,6 +66,11 @@ class FilterConfig:
             return {"evaluator": self.evaluator, "catalog": self.catalog, "min_score": self.min_score}
         return {}
 
+    def scorer_settings(self) -> dict:
+        """The settings that decide each image's score (the judge, not the threshold that turns it into a verdict)."""
+        return {key: value for key, value in self.judge_settings().items()
+                if key not in ("min_confidence", "min_score")}
+
     def describe(self) -> str:
         if self.classifier:
             return f"classifier {self.classifier}, p(intended class) >= {self.min_confidence:g}"
@@ -90,8 +95,7 @@ class ImageFilter:
     def score_key(self) -> str:
         """What a score depends on: the judge (a classifier's weights hashed, so a retrained one is not mistaken
         for the old; an evaluator's catalog version and items)."""
-        judge = {key: value for key, value in self.config.judge_settings().items()
-                 if key not in ("min_confidence", "min_score")}
+        judge = self.config.scorer_settings()
         if self.config.classifier:
             from ..hub import resolve_model
 
@@ -172,11 +176,23 @@ def cached_scores(image_filter: ImageFilter, ids: Sequence[str], labels: Sequenc
         cached.update({ids[position]: float(score) for position, score in zip(missing, new)})
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")
-        judge = {key: value for key, value in image_filter.config.judge_settings().items()
-                 if key not in ("min_confidence", "min_score")}
-        partial.write_text(json.dumps({"judge": judge, "scores": cached}, indent=0) + "\n")
+        partial.write_text(json.dumps({"judge": image_filter.config.scorer_settings(), "scores": cached},
+                                      indent=0) + "\n")
         os.replace(partial, path)
     return np.asarray([cached[row_id] for row_id in ids], dtype=np.float64)
+
+
+def row_ids(dataset) -> list[str]:
+    """One id per row to cache its score under: the generated dataset's job ids, else ``row-N``."""
+    return list(dataset["job_id"]) if "job_id" in dataset.column_names else [f"row-{i}" for i in range(len(dataset))]
+
+
+def kept_per_class(labels: Sequence[str], kept: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per class, how many images were judged and how many the judge kept (``kept``: one bool per image)."""
+    labels = np.asarray(labels)
+    kept = np.asarray(kept, dtype=bool)
+    return {name: {"generated": int((labels == name).sum()), "kept": int((kept & (labels == name)).sum())}
+            for name in names}
 
 
 def filter_dataset(data: str | os.PathLike, output: str | os.PathLike, config: FilterConfig, split: str = "train",
@@ -196,9 +212,10 @@ def filter_dataset(data: str | os.PathLike, output: str | os.PathLike, config: F
     rows = load_image_dataset(data, split=split)
     names = class_names(rows)
     labels = [names[label] for label in rows["label"]]
-    ids = list(rows["job_id"]) if "job_id" in rows.column_names else [f"row-{i}" for i in range(len(rows))]
-    scores = cached_scores(image_filter, ids, labels, lambda positions: rows.select(positions)["image"], output)
-    kept = np.flatnonzero(image_filter.keep(scores))
+    scores = cached_scores(image_filter, row_ids(rows), labels, lambda positions: rows.select(positions)["image"],
+                           output)
+    keep = image_filter.keep(scores)
+    kept = np.flatnonzero(keep)
     if not len(kept):
         raise ValueError(f"The judge ({config.describe()}) kept none of the {len(rows)} images; lower the threshold "
                          "or check that the judge was trained on these classes.")
@@ -212,8 +229,7 @@ def filter_dataset(data: str | os.PathLike, output: str | os.PathLike, config: F
     for index in range(shards):
         part = subset.select(range(index * shard_size, min((index + 1) * shard_size, len(subset))))
         part.to_parquet(folder / f"{split}-{index:05d}-of-{shards:05d}.parquet")
-    counts = {name: {"generated": labels.count(name), "kept": int(sum(labels[i] == name for i in kept))}
-              for name in names}
+    counts = kept_per_class(labels, keep, names)
     _write_filtered_card(output, data, split, config, counts)
     return {"output": str(output), "judged": len(rows), "kept": len(kept), "per_class": counts}
 
