@@ -149,3 +149,21 @@ def test_loop_refuses_conditions_the_generator_does_not_know(pipeline_dir):
                           FeedbackLoopConfig(conditions=["dragon"], rounds=0, samples_per_condition=2))
     with pytest.raises(ValueError, match="even"):
         FeedbackLoopConfig(samples_per_condition=3)
+
+
+def test_loop_can_optimise_a_classifier_evaluator_but_not_measure_with_it(pipeline_dir, tmp_path):
+    from magic.classifiers import load_classifier
+    from magic.hub import WEIGHTS_DIR
+
+    wbc = WEIGHTS_DIR / "wbc-classifier"
+    evaluator = load_evaluator(f"classifier:{wbc}")
+    config = FeedbackLoopConfig(rounds=1, samples_per_condition=2, eval_per_condition=2, steps=3, guidance=3.0,
+                                train=FeedbackTrainConfig(method="rft", steps=2, batch_size=4, lr=1e-3))
+    with pytest.raises(ValueError, match="classifier the loop optimises"):
+        run_feedback_loop(Generator.from_pretrained(pipeline_dir), evaluator, config, judge=load_classifier(wbc))
+    result = run_feedback_loop(Generator.from_pretrained(pipeline_dir), evaluator, config,
+                               heldout=load_evaluator("embedded"), output=tmp_path / "loop")
+    assert [v.backend for v in result.verdicts] == ["classifier"] * 4
+    pairs = load_preferences(tmp_path / "loop" / "round1" / "preferences.json")
+    assert {pair.judge for pair in pairs} == {evaluator.backend_id} and len(pairs) == 2
+    assert all(report.heldout_mean_score is not None for report in result.rounds)

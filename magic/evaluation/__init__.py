@@ -1,7 +1,8 @@
 """Checklist evaluators: image + condition checklist -> Verdict (0/1 per item, reasons, score), MAGIC-style.
 
 ``load_evaluator(spec)`` builds any backend: the embedded evaluator (offline), an OpenAI-compatible chat endpoint
-or a local transformers vision-language model. Backends load their heavy modules on first use.
+a local transformers vision-language model,
+or a trained image classifier's confidence as graded items. Backends load their heavy modules on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .prompt import build_prompt, format_answer, parse_answer, parse_prompt
 from .verdict import Checklist, EvaluationError, MalformedAnswerError, Verdict
 
 _LAZY = {
+    "ClassifierEvaluator": "magic.evaluation.classifier_backend",
     "EmbeddedEvaluator": "magic.evaluation.embedded",
     "EmbeddedScorer": "magic.evaluation.embedded_model",
     "OpenAIEvaluator": "magic.evaluation.openai_backend",

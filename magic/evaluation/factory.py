@@ -7,6 +7,8 @@ Examples::
     load_evaluator("openai:gpt-4o")                              # key from OPENAI_API_KEY
     load_evaluator("openai:medgemma?base_url=http://127.0.0.1:8000/v1&max_concurrency=2")
     load_evaluator("transformers:Qwen/Qwen2.5-VL-3B-Instruct?max_new_tokens=200")
+    load_evaluator("classifier:magic-suite/wbc-classifier")          # a classifier's confidence as graded items
+    load_evaluator("classifier:runs/reward?levels=0.5,0.7,0.9")
 
 Options may also be given as keyword arguments. ``cache=`` takes a VerdictCache (or None for no cache).
 """
@@ -91,3 +93,23 @@ def _transformers(target: str, cache: VerdictCache | None = None, **options) -> 
     if not target:
         raise ValueError("Name the model: transformers:HUB_ID (e.g. transformers:Qwen/Qwen2.5-VL-3B-Instruct).")
     return TransformersEvaluator(target, cache=cache, **options)
+
+
+@register_backend("classifier")
+def _classifier(target: str, cache: VerdictCache | None = None, levels=None, device: str = "cpu",
+                **options) -> Evaluator:
+    from .classifier_backend import DEFAULT_LEVELS, ClassifierEvaluator
+
+    if not target:
+        raise ValueError("Name the classifier: classifier:FOLDER_OR_ID (e.g. classifier:magic-suite/wbc-classifier).")
+    if options:
+        raise ValueError(f"The classifier evaluator takes levels= and device= only, got {sorted(options)}.")
+    if isinstance(levels, str):
+        try:
+            levels = [float(level) for level in levels.split(",") if level.strip()]
+        except ValueError:
+            raise ValueError(f"levels= takes comma-separated probabilities (e.g. 0.2,0.4,0.6), got {levels!r}.") \
+                from None
+    elif isinstance(levels, (int, float)):
+        levels = [float(levels)]
+    return ClassifierEvaluator.from_pretrained(target, levels=levels or DEFAULT_LEVELS, cache=cache, device=device)

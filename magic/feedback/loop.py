@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..classifiers.model import ImageClassifier
@@ -150,6 +151,15 @@ def _lora_card(generator: Generator, evaluator: Evaluator, config: FeedbackLoopC
         evaluator=evaluator.backend_id, catalog=config.catalog, rows=rows)
 
 
+def _same_weights(a: ImageClassifier, b: ImageClassifier) -> bool:
+    if a is b:
+        return True
+    first, second = a.state_dict(), b.state_dict()
+    return (a.architecture == b.architecture and first.keys() == second.keys()
+            and all(first[k].shape == second[k].shape and torch.equal(first[k].cpu(), second[k].cpu())
+                    for k in first))
+
+
 def run_feedback_loop(
     generator: Generator,
     evaluator: Evaluator,
@@ -169,6 +179,10 @@ def run_feedback_loop(
     unknown = [c for c in conditions if c not in generator.info.label_names]
     if unknown:
         raise ValueError(f"The generator was not trained on {unknown}; it knows {generator.info.label_names}.")
+    optimised = getattr(evaluator, "classifier", None)
+    if judge is not None and isinstance(optimised, ImageClassifier) and _same_weights(optimised, judge):
+        raise ValueError("The judge is the classifier the loop optimises; the loop would only please its own judge. "
+                         "Measure with another classifier (--judge), trained separately.")
     checklists = {condition: Checklist.from_catalog(config.catalog, condition) for condition in conditions}
     folder = Path(output) if output is not None else None
     reports = []
