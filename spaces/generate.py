@@ -10,6 +10,7 @@ if __package__ in (None, ""):  # run as `python spaces/generate.py`
 
 import functools
 import math
+from collections.abc import Sequence
 
 import gradio as gr
 import pandas as pd
@@ -28,14 +29,19 @@ MAX_STEPS = 100
 MAX_ROUNDS = 3
 FEEDBACK_METHODS = ("dpo", "rft")
 FEEDBACK_TRAIN_STEPS = 20  # LoRA steps per round in the tab (the CLI trains longer)
+DEFAULT_REWARD_CLASSIFIER = "magic-suite/wbc-classifier"
+FEEDBACK_SOURCES = ("checklist evaluator", "classifier")  # what judges the images the loop trains on
 
 
 def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODEL, catalog: str = "pbc",
-                prompt_template: str | None = None, evaluator: Evaluator | None = None) -> gr.Blocks:
+                prompt_template: str | None = None, evaluator: Evaluator | None = None,
+                reward_classifier: str = DEFAULT_REWARD_CLASSIFIER) -> gr.Blocks:
     """The Generate tab for a pipeline whose prompts name the conditions of ``catalog``.
 
     The prompt form and the conditions offered come from the pipeline's ``magic_generator.json`` when it has one
-    (``prompt_template`` overrides the form).
+    (``prompt_template`` overrides the form). The feedback loop is judged by ``evaluator`` (default: the embedded
+    checklist evaluator) or, when the user picks "classifier", by ``reward_classifier`` (a classifier folder or id
+    whose classes include the conditions) as a ``classifier:`` evaluator.
     """
     generator = generator or Generator.from_pretrained(model_id)
     conditions = load_catalog(catalog)
@@ -48,16 +54,20 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     offered = [value for _, value in choices]
 
     @functools.cache
-    def feedback_evaluator() -> Evaluator:  # loaded on the first loop, not at start-up
+    def feedback_evaluator(source: str) -> Evaluator:  # loaded on the first loop, not at start-up
+        if source == "classifier":
+            return load_evaluator(f"classifier:{reward_classifier}")
         return evaluator or load_evaluator("embedded")
 
-    def check_inputs(condition: str, choice: str, choices, numbers: dict[str, float]) -> None:
-        """Refuse an unknown condition or option, and NaN / infinite / non-number settings (NaN passes gradio's
-        range checks: every comparison with NaN is false)."""
+    def check_inputs(condition: str, options: dict[str, tuple[str, Sequence[str]]],
+                     numbers: dict[str, float]) -> None:
+        """Refuse an unknown condition or option (``options``: name -> (value, allowed values)), and NaN /
+        infinite / non-number settings (NaN passes gradio's range checks: every comparison with NaN is false)."""
         if condition not in offered:
             raise gr.Error(f"condition must be one of {offered}; got {condition!r}.")
-        if choice not in choices:
-            raise gr.Error(f"{'mode' if choices == MODES else 'method'} must be one of {choices}; got {choice!r}.")
+        for name, (value, allowed) in options.items():
+            if value not in allowed:
+                raise gr.Error(f"{name} must be one of {list(allowed)}; got {value!r}.")
         bad = [name for name, value in numbers.items()
                if not isinstance(value, int | float) or not math.isfinite(value)]
         if bad:
@@ -66,7 +76,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     def generate(condition: str, mode: str, image_path: str | None, seed: float, strength: float, guidance: float,
                  steps: float, count: float, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
         """Synthetic images of ``condition``; image-to-image translates the uploaded image toward it."""
-        check_inputs(condition, mode, MODES,
+        check_inputs(condition, {"mode": (mode, MODES)},
                      {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count})
         try:
             settings = GenerationSettings(steps=int(steps), guidance=float(guidance), strength=float(strength),
@@ -83,11 +93,13 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
         return [(image, f"{condition} · seed {settings.seed + i}") for i, image in enumerate(images)]
 
     def generate_with_feedback(condition: str, seed: float, guidance: float, steps: float, rounds: float,
-                               per_round: float, method: str, progress=gr.Progress()):  # noqa: B008
-        """MAGIC's loop on a private copy of the generator: each round draws images, judges them against the
-        checklist, pairs them and fine-tunes a LoRA (DPO or RFT); returns the last round's images with their
-        verdicts, the score per round and the reports."""
-        check_inputs(condition, method, FEEDBACK_METHODS,
+                               per_round: float, method: str, feedback_from: str = FEEDBACK_SOURCES[0],
+                               progress=gr.Progress()):  # noqa: B008
+        """MAGIC's loop on a private copy of the generator: each round draws images, judges them (against the
+        checklist, or by a classifier's confidence in the condition), pairs them and fine-tunes a LoRA (DPO or
+        RFT); returns the last round's images with their verdicts, the score per round and the reports."""
+        check_inputs(condition,
+                     {"method": (method, FEEDBACK_METHODS), "feedback_from": (feedback_from, FEEDBACK_SOURCES)},
                      {"seed": seed, "guidance": guidance, "steps": steps, "rounds": rounds, "per_round": per_round})
         if not 1 <= rounds <= MAX_ROUNDS or not 2 <= per_round <= MAX_IMAGES or int(per_round) % 2:
             raise gr.Error(f"rounds must be 1-{MAX_ROUNDS} and images per round an even number 2-{MAX_IMAGES}.")
@@ -107,13 +119,19 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             progress(report.round / config.rounds, desc=f"round {report.round}: mean score "
                                                         f"{report.evaluator_mean_score:.2f}")
 
-        result = run_feedback_loop(generator.clone(), feedback_evaluator(), config, on_round=report_round)
+        judge = feedback_evaluator(feedback_from)
+        known = getattr(getattr(judge, "classifier", None), "label_names", None)
+        if known is not None and condition not in known:
+            raise gr.Error(f"The reward classifier knows {list(known)}, not {condition!r}; use the checklist "
+                           "evaluator for it.")
+        result = run_feedback_loop(generator.clone(), judge, config, on_round=report_round)
         gallery = [(image, f"{condition} · seed {int(seed) + i} · {verdict.score}/{len(verdict.scores)} criteria")
                    for i, (image, verdict) in enumerate(zip(result.images, result.verdicts))]
         rows = [{"round": r.round, "value": value, "measure": measure} for r in result.rounds
-                for measure, value in (("mean checklist score (0-5)", r.evaluator_mean_score),
+                for measure, value in ((f"mean {'classifier' if known is not None else 'checklist'} score (0-5)",
+                                        r.evaluator_mean_score),
                                        ("share meeting >= 3 criteria x 5", 5 * r.evaluator_share_at_least_3))]
-        return gallery, pd.DataFrame(rows), {"evaluator": feedback_evaluator().backend_id, **result.to_dict(),
+        return gallery, pd.DataFrame(rows), {"evaluator": judge.backend_id, **result.to_dict(),
                                              "verdicts": [v.to_dict() for v in result.verdicts]}
 
     with gr.Blocks(delete_cache=DELETE_CACHE, title="Generate") as demo:
@@ -139,11 +157,15 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             gr.Markdown("Each round draws images of the condition, judges them against its expert checklist, pairs "
                         "them with MAGIC's rules and fine-tunes a LoRA on a private copy of the generator (DPO on "
                         "the pairs, or reward-weighted RFT). Every round is measured on the same seeds. The score "
-                        "comes from the evaluator being optimised; see the README for held-out measurements.")
+                        "comes from the evaluator being optimised; see the README for held-out measurements. "
+                        "*Feedback from: classifier* judges by a blood-cell classifier's confidence that the image "
+                        "shows the condition (five levels, p >= 0.2 ... 0.95) instead of the checklist, for "
+                        "conditions the checklist evaluator gives no signal on.")
             with gr.Row():
                 rounds = gr.Slider(1, MAX_ROUNDS, value=2, step=1, label="Rounds")
                 per_round = gr.Slider(2, MAX_IMAGES, value=8, step=2, label="Images per round")
                 method = gr.Radio(list(FEEDBACK_METHODS), value="dpo", label="Fine-tuning")
+                feedback_from = gr.Radio(list(FEEDBACK_SOURCES), value=FEEDBACK_SOURCES[0], label="Feedback from")
             feedback_button = gr.Button("Generate with feedback")
             with gr.Row():
                 feedback_gallery = gr.Gallery(label="Last round, with checklist scores", columns=4, height=300,
@@ -154,7 +176,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
         button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count],
                      outputs=gallery, api_name="generate")
         feedback_button.click(generate_with_feedback,
-                              inputs=[condition, seed, guidance, steps, rounds, per_round, method],
+                              inputs=[condition, seed, guidance, steps, rounds, per_round, method, feedback_from],
                               outputs=[feedback_gallery, plot, reports], api_name="generate_with_feedback")
     return demo
 

@@ -73,6 +73,19 @@ def test_generate_with_feedback_reports_every_round_over_http(client):
     assert mean_scores == [r["evaluator_mean_score"] for r in reports["rounds"]]
 
 
+def test_generate_with_feedback_from_the_classifier_over_http(client):
+    gallery, plot, reports = client.predict("basophil", 1, 2.0, 2, 1, 2, "dpo", "classifier",
+                                            api_name="/generate_with_feedback")
+    assert reports["evaluator"].startswith("classifier:wbc-classifier-")  # the embedded blood-cell classifier
+    verdicts = reports["verdicts"]
+    assert len(verdicts) == 2 and all(len(v["scores"]) == 5 for v in verdicts)
+    assert all(v["scores"] == sorted(v["scores"], reverse=True) for v in verdicts)  # graded: p >= 0.2 ... 0.95
+    assert all("probability of at least" in v["items"][0] for v in verdicts)
+    data = plot.get("value", plot)
+    assert {row[data["columns"].index("measure")] for row in data["data"]} >= {"mean classifier score (0-5)"}
+    assert [r["round"] for r in reports["rounds"]] == [0, 1] and "criteria" in gallery[0]["caption"]
+
+
 @pytest.mark.parametrize("rounds, per_round, method, message", [
     (9, 2, "dpo", "rounds must be 1-3|greater than maximum"),
     (1, 3, "dpo", "even number"),
@@ -81,3 +94,8 @@ def test_generate_with_feedback_reports_every_round_over_http(client):
 def test_generate_with_feedback_refuses_bad_settings(client, rounds, per_round, method, message):
     with pytest.raises(AppError, match=message):
         client.predict("ig", 0, 2.0, 2, rounds, per_round, method, api_name="/generate_with_feedback")
+
+
+def test_generate_with_feedback_refuses_an_unknown_feedback_source(client):
+    with pytest.raises(AppError, match="feedback_from must be one of|not in the list of choices"):
+        client.predict("ig", 0, 2.0, 2, 1, 2, "dpo", "a dermatologist", api_name="/generate_with_feedback")

@@ -279,12 +279,14 @@ FEEDBACK_SAFE = {"seed": 0, "guidance": 2.0, "steps": 2, "rounds": 1, "per_round
 @pytest.mark.parametrize("setting", FEEDBACK_SETTINGS)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", '"abc"'])
 def test_generate_with_feedback_refuses_nan_infinite_and_non_numbers(generate_url, setting, value):
-    values = ['"ig"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"dpo"']
+    values = ['"ig"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"dpo"',
+              '"checklist evaluator"']
     values[1 + FEEDBACK_SETTINGS.index(setting)] = value
     stream = _raw_call(generate_url, values, "generate_with_feedback")
     assert "event: error" in stream and "event: complete" not in stream, stream[-400:]
 
 
 def test_generate_with_feedback_serves_after_bad_calls(generate_url):
-    values = ['"monocyte"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"rft"']
+    values = ['"monocyte"', *(json.dumps(FEEDBACK_SAFE[name]) for name in FEEDBACK_SETTINGS), '"rft"',
+              '"checklist evaluator"']
     assert "event: complete" in _raw_call(generate_url, values, "generate_with_feedback")
