@@ -1,8 +1,8 @@
 """Checklist evaluators: image + condition checklist -> Verdict (0/1 per item, reasons, score), MAGIC-style.
 
-``load_evaluator(spec)`` builds any backend: the embedded evaluator (offline), an OpenAI-compatible chat endpoint
-a local transformers vision-language model,
-or a trained image classifier's confidence as graded items. Backends load their heavy modules on first use.
+``load_evaluator(spec)`` builds any backend: the embedded evaluator (offline), an OpenAI-compatible chat endpoint,
+a local transformers vision-language model, or a trained image classifier's confidence as graded items. Backends
+load their heavy modules on first use.
 """
 
 from __future__ import annotations
