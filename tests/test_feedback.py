@@ -1,6 +1,8 @@
 """Evaluator feedback on a tiny pipeline built in code: DPO and RFT move the LoRA the right way, the loop's
 bookkeeping (fixed measurement seeds, preference files, the saved LoRA) holds, the original generator is untouched."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,16 @@ def test_feedback_loop_reports_each_round_and_its_lora_round_trips(pipeline_dir,
     from magic.publish import check_publishable
 
     assert check_publishable(tmp_path / "loop" / "lora") == "model"  # carded: publishable as it is
+    # every round's LoRA is kept (pick another round, or resume from it); the last one is lora/
+    from safetensors.torch import load_file
+
+    weights = {name: load_file(tmp_path / "loop" / name / "pytorch_lora_weights.safetensors")
+               for name in ("round1/lora", "round2/lora", "lora")}
+    assert weights["round2/lora"].keys() == weights["lora"].keys() == weights["round1/lora"].keys()
+    assert all(torch.equal(weights["round2/lora"][k], weights["lora"][k]) for k in weights["lora"])
+    assert not all(torch.equal(weights["round1/lora"][k], weights["lora"][k]) for k in weights["lora"])
+    report = json.loads((tmp_path / "loop" / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2] and report["evaluator"].startswith("embedded")
 
     # the original is untouched; the saved LoRA on a fresh copy reproduces the tuned generator exactly
     settings = GenerationSettings(steps=3, seed=0)

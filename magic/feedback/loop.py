@@ -170,8 +170,9 @@ def run_feedback_loop(
     on_round: Callable[[RoundReport], None] | None = None,
 ) -> FeedbackResult:
     """Run ``config.rounds`` rounds on ``generator`` (its LoRA is trained in place; pass ``generator.clone()`` to
-    keep the original) and return the per-round reports. With ``output``, every round's images, verdicts and
-    preference pairs are written there, then the final LoRA (``lora/``) and ``report.json``."""
+    keep the original) and return the per-round reports. With ``output``, every round's images, preference pairs
+    and LoRA (``roundK/lora``) are written there, ``report.json`` after every round (a stopped loop keeps what it
+    measured), and the final LoRA as ``lora/``."""
     if generator.info is None:
         raise ValueError("The generator has no magic_generator.json (its classes and prompt form); the loop needs "
                          "them to prompt each condition.")
@@ -229,15 +230,23 @@ def run_feedback_loop(
                            "trained": learnable, "final_loss": history[-1]["loss"] if history else None,
                            "ranked_right": history[-1].get("ranked_right") if history else None}
         reports.append(report)
+        if folder is not None:
+            _write_outputs(folder, folder / f"round{round_index}" / "lora", generator, evaluator, config, reports)
         if on_round is not None:
             on_round(report)
     result = FeedbackResult(reports, images, labels, verdicts)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if getattr(generator.pipeline.unet, "peft_config", None):
-            save_lora(generator.pipeline, folder / "lora")
-            _lora_card(generator, evaluator, config, reports).save(folder / "lora" / "README.md")
-        (folder / "report.json").write_text(json.dumps({"config": config.to_dict(), "generator": generator.model_id,
-                                                        "evaluator": evaluator.backend_id,
-                                                        **result.to_dict()}, indent=1) + "\n")
+        _write_outputs(folder, folder / "lora", generator, evaluator, config, reports)
     return result
+
+
+def _write_outputs(folder: Path, lora_folder: Path, generator: Generator, evaluator: Evaluator,
+                   config: FeedbackLoopConfig, reports: list[RoundReport]) -> None:
+    """The LoRA as it is now (with its card) and the report of the rounds so far."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if getattr(generator.pipeline.unet, "peft_config", None):
+        save_lora(generator.pipeline, lora_folder)
+        _lora_card(generator, evaluator, config, reports).save(lora_folder / "README.md")
+    report = {"config": config.to_dict(), "generator": generator.model_id, "evaluator": evaluator.backend_id,
+              "rounds": [r.to_dict() for r in reports]}
+    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
