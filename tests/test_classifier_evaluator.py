@@ -95,3 +95,47 @@ def test_a_classifier_evaluator_can_be_built_from_a_loaded_model(cells):
     p = float(classifier.predict_proba([cells[1]])[0, classifier.label_names.index("neutrophil")])
     assert evaluator.evaluate(cells[1], "pbc:neutrophil").scores == [int(p >= 0.5)]
     assert evaluator.backend_id == "classifier:unsaved-levels-0.5"
+
+
+def test_an_ensemble_grades_the_mean_probability_of_its_members(tmp_path, cells):
+    import json
+    import shutil
+
+    from magic.feedback import FeedbackLoopConfig, run_feedback_loop
+    from magic.generation import Generator
+
+    wbc = load_classifier(WBC)
+    # a second member whose classes are listed in another order (its logits permuted to match): same opinions
+    reordered = tmp_path / "reordered"
+    shutil.copytree(WBC, reordered)
+    config = json.loads((reordered / "config.json").read_text())
+    order = list(reversed(config["label_names"]))
+    config["label_names"] = order
+    (reordered / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(reordered / "model.safetensors")
+    head = [key for key in state if state[key].shape[:1] == (8,) and key.startswith("classifier.")]
+    assert head, "the classifier head must be found to permute it"
+    index = [wbc.label_names.index(name) for name in order]
+    save_file({key: (value[index].contiguous() if key in head else value) for key, value in state.items()},
+              reordered / "model.safetensors")
+
+    single = load_evaluator(f"classifier:{WBC}")
+    ensemble = load_evaluator(f"classifier:{WBC}+{reordered}")
+    assert len(ensemble.classifiers) == 2 and ensemble.backend_id.count("+") == 1
+    assert ensemble.backend_id != single.backend_id
+    p = wbc.predict_proba(cells)
+    assert ensemble.predict_proba(cells) == pytest.approx(p, abs=1e-5)  # the same model, however its classes are listed
+    for condition in ("lymphocyte", "eosinophil"):
+        assert ([v.scores for v in ensemble.evaluate_batch(cells, f"pbc:{condition}")]
+                == [v.scores for v in single.evaluate_batch(cells, f"pbc:{condition}")])
+    with pytest.raises(ValueError, match="classifier the loop optimises"):  # neither member may be the judge
+        run_feedback_loop(Generator.from_pretrained(WEIGHTS_DIR / "wbc-generator"), ensemble,
+                          FeedbackLoopConfig(rounds=0, samples_per_condition=2), judge=load_classifier(reordered))
+
+
+def test_an_ensemble_needs_members_that_know_the_same_classes(cells):
+    skin = WEIGHTS_DIR / "skin-classifier"
+    with pytest.raises(ValueError, match="must know the same classes"):
+        load_evaluator(f"classifier:{WBC}+{skin}")

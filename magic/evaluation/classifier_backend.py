@@ -7,8 +7,10 @@ the paper's five 0/1 items, one per confidence level ("p(C) >= 0.2", ... "p(C) >
 0-5 scale the preference rules expect: two images both under 0.6 both lose, two both over 0.95 both win, otherwise
 the more confident one wins.
 
-The items say what they measure (a classifier's confidence), not the checklist's clinical criteria; the verdict
-records them as its own items. The measuring judge of a loop must be another model than the one optimised here.
+Several classifiers make an ensemble (``classifier:A+B``): the items then grade their mean probability, which is
+harder for a generator to game than one model's (the feedback loop optimises against this score). The items say
+what they measure (a classifier's confidence), not the checklist's clinical criteria; the verdict records them as
+its own items. The measuring judge of a loop must be another model than the ones optimised here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from .base import Evaluator
@@ -27,7 +30,8 @@ DEFAULT_LEVELS = (0.2, 0.4, 0.6, 0.8, 0.95)
 
 
 class ClassifierEvaluator(Evaluator):
-    """Scores an image for condition C by how confidently a classifier recognises C (one item per level)."""
+    """Scores an image for condition C by how confidently a classifier (or the mean of several) recognises C, one
+    item per level."""
 
     name = "classifier"
 
@@ -37,7 +41,15 @@ class ClassifierEvaluator(Evaluator):
         levels = tuple(float(level) for level in levels)
         if not levels or any(not 0.0 < level <= 1.0 for level in levels) or list(levels) != sorted(set(levels)):
             raise ValueError(f"levels must be increasing probabilities in (0, 1], got {levels}.")
-        self.classifier = classifier
+        members = list(classifier) if isinstance(classifier, Sequence) else [classifier]
+        if not members:
+            raise ValueError("Give at least one classifier.")
+        self.label_names = list(members[0].label_names)
+        for member in members[1:]:
+            if sorted(member.label_names) != sorted(self.label_names):
+                raise ValueError(f"An ensemble's classifiers must know the same classes: {self.label_names} vs "
+                                 f"{list(member.label_names)}.")
+        self.classifiers = members
         self.model_id = model_id
         self.levels = levels
         self.version = version or "unsaved"
@@ -45,18 +57,33 @@ class ClassifierEvaluator(Evaluator):
             self.version += "-levels-" + "-".join(f"{level:g}" for level in levels)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, levels: Sequence[float] = DEFAULT_LEVELS,
-                        cache: VerdictCache | None = None, device: str = "cpu") -> ClassifierEvaluator:
-        """A classifier folder or id (as ``load_classifier`` takes); its weights' hash is the backend version."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike | Sequence[str | os.PathLike],
+                        levels: Sequence[float] = DEFAULT_LEVELS, cache: VerdictCache | None = None,
+                        device: str = "cpu") -> ClassifierEvaluator:
+        """A classifier folder or id (as ``load_classifier`` takes), or a list of them for an ensemble; the weights'
+        hashes make the backend version."""
         from ..classifiers import load_classifier
         from ..hub import resolve_model
 
-        folder = resolve_model(name_or_path)
-        digest = hashlib.sha256()  # weights and temperature: a retrained or recalibrated model is a new version
-        for name in ("model.safetensors", "config.json"):
-            digest.update((folder / name).read_bytes())
-        return cls(load_classifier(folder, device=device), model_id=str(name_or_path), levels=levels, cache=cache,
-                   version=f"{folder.name}-{digest.hexdigest()[:12]}")
+        names = [name_or_path] if isinstance(name_or_path, str | os.PathLike) else list(name_or_path)
+        members, versions = [], []
+        for name in names:
+            folder = resolve_model(name)
+            digest = hashlib.sha256()  # weights and temperature: a retrained or recalibrated model is a new version
+            for file in ("model.safetensors", "config.json"):
+                digest.update((folder / file).read_bytes())
+            members.append(load_classifier(folder, device=device))
+            versions.append(f"{folder.name}-{digest.hexdigest()[:12]}")
+        return cls(members, model_id="+".join(str(name) for name in names), levels=levels, cache=cache,
+                   version="+".join(versions))
+
+    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The members' mean calibrated probabilities, columns in ``label_names`` order."""
+        total = np.zeros((len(images), len(self.label_names)), dtype=np.float64)
+        for member in self.classifiers:
+            columns = [list(member.label_names).index(name) for name in self.label_names]
+            total += member.predict_proba(list(images))[:, columns]
+        return total / len(self.classifiers)
 
     @property
     def backend_id(self) -> str:
@@ -68,7 +95,7 @@ class ClassifierEvaluator(Evaluator):
                 f"probability of at least {level:g}" for level in self.levels]
 
     def _label_index(self, checklist: Checklist) -> int:
-        names = self.classifier.label_names
+        names = self.label_names
         for candidate in (checklist.condition_id, checklist.condition_name):
             if candidate in names:
                 return names.index(candidate)
@@ -80,11 +107,11 @@ class ClassifierEvaluator(Evaluator):
 
     def judge_batch(self, images: Sequence[Image.Image], checklists: Sequence[Checklist]) -> list[Verdict]:
         indices = [self._label_index(checklist) for checklist in checklists]
-        probabilities = self.classifier.predict_proba(list(images))
+        probabilities = self.predict_proba(images)
         verdicts = []
         for row, index, checklist in zip(probabilities, indices, checklists, strict=True):
             p = float(row[index])
-            top = self.classifier.label_names[int(row.argmax())]
+            top = self.label_names[int(row.argmax())]
             scores = [int(p >= level) for level in self.levels]
             reasons = [f"p({checklist.condition_id}) = {p:.3f} {'>=' if passed else '<'} {level:g}"
                        f" (top class: {top} {float(row.max()):.3f})" for level, passed in zip(self.levels, scores)]

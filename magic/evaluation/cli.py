@@ -103,8 +103,9 @@ def add_commands(commands) -> None:
 
     ev = commands.add_parser("evaluate", help="Judge images against a condition's checklist (0/1 per item).")
     ev.add_argument("--evaluator", default="embedded",
-                    help="embedded[:FOLDER_OR_ID], openai:MODEL[?base_url=...&api_key_env=...] or "
-                         "transformers:HUB_ID (default: embedded).")
+                    help="embedded[:FOLDER_OR_ID], openai:MODEL[?base_url=...&api_key_env=...], "
+                         "transformers:HUB_ID or classifier:FOLDER_OR_ID[+FOLDER_OR_ID...][?levels=...] "
+                         "(default: embedded).")
     ev.add_argument("--image", required=True, nargs="+", help="Image file(s).")
     ev.add_argument("--catalog", required=True, help="Catalog name (pbc, ham10000, ...) or a catalog YAML file.")
     ev.add_argument("--condition", required=True, help="Condition id, name or synonym in the catalog.")

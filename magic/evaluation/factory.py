@@ -9,6 +9,7 @@ Examples::
     load_evaluator("transformers:Qwen/Qwen2.5-VL-3B-Instruct?max_new_tokens=200")
     load_evaluator("classifier:magic-suite/wbc-classifier")          # a classifier's confidence as graded items
     load_evaluator("classifier:runs/reward?levels=0.5,0.7,0.9")
+    load_evaluator("classifier:runs/reward-a+runs/reward-b")     # an ensemble: their mean probability
 
 Options may also be given as keyword arguments. ``cache=`` takes a VerdictCache (or None for no cache).
 """
@@ -112,4 +113,6 @@ def _classifier(target: str, cache: VerdictCache | None = None, levels=None, dev
                 from None
     elif isinstance(levels, (int, float)):
         levels = [float(levels)]
-    return ClassifierEvaluator.from_pretrained(target, levels=levels or DEFAULT_LEVELS, cache=cache, device=device)
+    members = [member for member in target.split("+") if member]
+    return ClassifierEvaluator.from_pretrained(members if len(members) > 1 else target,
+                                               levels=levels or DEFAULT_LEVELS, cache=cache, device=device)

@@ -180,8 +180,8 @@ def run_feedback_loop(
     unknown = [c for c in conditions if c not in generator.info.label_names]
     if unknown:
         raise ValueError(f"The generator was not trained on {unknown}; it knows {generator.info.label_names}.")
-    optimised = getattr(evaluator, "classifier", None)
-    if judge is not None and isinstance(optimised, ImageClassifier) and _same_weights(optimised, judge):
+    optimised = [m for m in getattr(evaluator, "classifiers", ()) if isinstance(m, ImageClassifier)]
+    if judge is not None and any(_same_weights(member, judge) for member in optimised):
         raise ValueError("The judge is the classifier the loop optimises; the loop would only please its own judge. "
                          "Measure with another classifier (--judge), trained separately.")
     checklists = {condition: Checklist.from_catalog(config.catalog, condition) for condition in conditions}
