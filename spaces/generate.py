@@ -120,7 +120,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                                                         f"{report.evaluator_mean_score:.2f}")
 
         judge = feedback_evaluator(feedback_from)
-        known = getattr(getattr(judge, "classifier", None), "label_names", None)
+        known = getattr(judge, "label_names", None)  # a classifier evaluator's classes
         if known is not None and condition not in known:
             raise gr.Error(f"The reward classifier knows {list(known)}, not {condition!r}; use the checklist "
                            "evaluator for it.")
