@@ -18,6 +18,7 @@ from magic.generation.adapters import (
     save_lora,
 )
 from magic.generation.train import DenoiserTrainConfig, train_denoiser
+from magic.hub import WEIGHTS_DIR
 from tests.conftest import draw_shape
 
 TINY = TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
@@ -106,6 +107,32 @@ def test_lora_training_then_save_load_reproduces_the_images(pipeline_dir, shapes
     reloaded = Generator.from_pretrained(pipeline_dir)
     load_lora(reloaded.pipeline, tmp_path / "lora")
     assert _same(after, reloaded.text_to_image("a disc shape", FAST))
+
+
+def test_a_lora_exported_to_float16_loads_and_draws_the_same_images(pipeline_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from magic.cli import main
+
+    generator = Generator.from_pretrained(pipeline_dir)
+    add_lora(generator.pipeline, rank=4)
+    torch.manual_seed(0)
+    for name, parameter in generator.pipeline.unet.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 0.2)
+    save_lora(generator.pipeline, tmp_path / "lora")
+    (tmp_path / "lora" / "README.md").write_text("a card\n")
+    assert main(["export-generator", str(tmp_path / "lora"), str(tmp_path / "lora16")]) == 0
+    weights = load_file(tmp_path / "lora16" / "pytorch_lora_weights.safetensors")
+    original = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    assert weights.keys() == original.keys() and {w.dtype for w in weights.values()} == {torch.float16}
+    assert (tmp_path / "lora16" / "README.md").read_text() == "a card\n"
+    reloaded = Generator.from_pretrained(pipeline_dir)
+    load_lora(reloaded.pipeline, tmp_path / "lora16")
+    ours, theirs = (np.asarray(g.text_to_image("a disc shape", FAST)[0], dtype=np.int16) for g in (generator, reloaded))
+    assert np.abs(ours - theirs).max() <= 2  # float16 rounding of the LoRA only
+    with pytest.raises(ValueError, match="does not fit this pipeline"):  # a LoRA for another base model
+        load_lora(Generator.from_pretrained(pipeline_dir).pipeline, WEIGHTS_DIR / "wbc-generator-feedback-lora")
 
 
 def test_a_lora_on_a_half_precision_unet_trains_in_float32(pipeline_dir):
