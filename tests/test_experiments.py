@@ -295,6 +295,9 @@ def test_a_lora_source_generates_batched_and_refuses_its_cache_once_the_lora_is_
     save_lora(retrained.pipeline, lora)
     with pytest.raises(ConfigError, match="delete the folder"):
         source_pool(source, TINY_CLASSES, 3, tmp_path / "out")
+    missing = SyntheticSource(name="gone", generator=str(workspace / "tiny" / "generator"), lora="no/such-lora")
+    with pytest.raises(FileNotFoundError, match="LoRA no/such-lora not found"):
+        source_pool(missing, TINY_CLASSES, 3, tmp_path / "out")
 
 
 def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, monkeypatch):

@@ -51,7 +51,9 @@ class SyntheticSource:
     generator: str = field(default="", metadata={
         "help": "A generator (pipeline folder, embedded id or Hub id) to sample from; its images are cached under "
                 "OUTPUT/synthetic/NAME so reruns do not regenerate."})
-    lora: str = field(default="", metadata={"help": "A LoRA folder to load into the generator first (optional)."})
+    lora: str = field(default="", metadata={
+        "help": "A LoRA folder or id (e.g. magic-suite/wbc-generator-feedback-lora) to load into the generator first "
+                "(optional)."})
     mode: str = field(default="text-to-image", metadata={
         "help": "text-to-image (class prompts); image-to-image: MAGIC's translation of the run's own real "
                 "training images toward another class (target != source), generated per seed; or per-class-lora: "

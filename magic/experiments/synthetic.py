@@ -44,11 +44,14 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     ``real`` (the run's real training set) toward other classes. Returns the pool and facts about the generation
     (images made by this call, seconds)."""
     from ..generation.dataset import completed_jobs, count_plan, generate_dataset, translation_plan
+    from ..hub import ModelNotFoundError, resolve_model
 
-    if source.lora and not Path(source.lora).is_dir():
-        raise FileNotFoundError(f"Synthetic source {source.name!r}: LoRA folder {source.lora} does not exist. Make it "
+    try:  # a folder, an embedded LoRA or a Hub id: fail before any image is drawn
+        lora_folder = resolve_model(source.lora) if source.lora else None
+    except ModelNotFoundError as error:
+        raise FileNotFoundError(f"Synthetic source {source.name!r}: LoRA {source.lora} not found ({error}). Make it "
                                 "first, e.g. `python -m magic feedback-loop ... --output runs/feedback` writes "
-                                "runs/feedback/lora.")
+                                "runs/feedback/lora.") from None
     template = _prompt_template(source, names)
     translate = source.mode == IMAGE_TO_IMAGE
     if source.per_seed and real is None:
@@ -56,7 +59,7 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     spec = {**source.cache_key(), "prompt_template": template, "classes": names}
     if source.lora:  # the same folder retrained (a new feedback-loop run) must not reuse the old LoRA's images
         spec["lora_sha256"] = hashlib.sha256(b"".join(
-            path.read_bytes() for path in sorted(Path(source.lora).glob("*.safetensors")))).hexdigest()
+            path.read_bytes() for path in sorted(lora_folder.glob("*.safetensors")))).hexdigest()
     if source.per_seed:  # the cache belongs to one real training set
         spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
