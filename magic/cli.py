@@ -236,9 +236,10 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
             raise ValueError("--class-loras draws text-to-image images per class (count mode) and does not combine "
                              "with --lora or --limit.")
         from .generation.class_loras import generate_with_class_loras
+        from .hub import LORA_WEIGHTS
 
         loras = {name: Path(args.class_loras) / name for name in names
-                 if (Path(args.class_loras) / name / "pytorch_lora_weights.safetensors").is_file()}
+                 if (Path(args.class_loras) / name / LORA_WEIGHTS).is_file()}
         written = generate_with_class_loras(generator, jobs, args.output, names, settings, loras,
                                             shard_size=args.shard_size, batch_size=args.batch_size)
     else:
@@ -310,8 +311,9 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
 
 
 def cmd_export_generator(args: argparse.Namespace) -> int:
-    from .generation.adapters import LORA_WEIGHTS, export_lora
+    from .generation.adapters import export_lora
     from .generation.generator import export_pipeline
+    from .hub import LORA_WEIGHTS
 
     if (Path(args.source) / LORA_WEIGHTS).is_file():  # a LoRA folder (a feedback loop's lora/, a class LoRA)
         folder = export_lora(args.source, args.destination, dtype=_dtype(args.dtype))

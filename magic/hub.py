@@ -15,8 +15,11 @@ HUB_ORG = "magic-suite"
 WEIGHTS_DIR = Path(os.environ.get("MAGIC_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
 
 
+#: The weights file diffusers' save_lora_weights writes and load_lora_weights looks for first.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
 #: A weights/ folder with one of these files is an embedded model: a classifier or evaluator, a pipeline, a LoRA.
-EMBEDDED_MARKERS = ("config.json", "model_index.json", "pytorch_lora_weights.safetensors")
+EMBEDDED_MARKERS = ("config.json", "model_index.json", LORA_WEIGHTS)
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -10,14 +10,14 @@ from pathlib import Path
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+from .hub import LORA_WEIGHTS
+
 #: Files never uploaded: Python caches and Finder litter.
 JUNK_PATTERNS = ["*__pycache__/*", "*.DS_Store", "*.pyc"]
 
 #: Pickle-based formats, which can run code when loaded; the project publishes safetensors only.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
 
-#: The weights file diffusers' save_lora_weights writes and load_lora_weights looks for first.
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 #: Card metadata keys that only dataset cards use.
 DATASET_CARD_KEYS = {"dataset_info", "configs", "task_categories", "task_ids", "size_categories", "pretty_name",

@@ -13,8 +13,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from ..hub import LORA_WEIGHTS
+
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name
 
 
 def add_lora(pipeline: StableDiffusionPipeline, rank: int = 16, alpha: float | None = None,
