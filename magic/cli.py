@@ -279,6 +279,37 @@ def cmd_train_class_loras(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align_decoder(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    import torch
+
+    from .data import load_image_dataset
+    from .generation import Generator
+    from .generation.decoder_alignment import DecoderAlignmentConfig, align_decoder
+    from .hub import resolve_model
+
+    config = dataclass_from_args(DecoderAlignmentConfig, args)
+    source, output = resolve_model(args.generator), Path(args.output)
+    if output.resolve() != Path(source).resolve():
+        _shutil.copytree(source, output, dirs_exist_ok=True)
+    generator = Generator.from_pretrained(output, device=args.device if args.device != "auto" else None,
+                                          dtype=torch.float32)
+    images = [row["image"] for row in load_image_dataset(args.data, split=args.split)]
+    history = align_decoder(generator, images, config, log=lambda record: print(json.dumps(record), flush=True))
+    generator.pipeline.vae.save_pretrained(output / "vae", safe_serialization=True)
+    summary = {"generator": str(args.generator), "data": str(args.data), "split": args.split, **config.to_dict(),
+               "final": history[-1]}
+    card = output / "README.md"
+    if card.is_file():  # the card says what was done to the pipeline it describes
+        card.write_text(card.read_text().rstrip() + "\n\n## Decoder alignment\n\nOnly the VAE decoder was "
+                        "fine-tuned on the UNet's own samples so that guide classifiers recognise their class (the "
+                        "encoder, the latent space and the UNet are unchanged):\n\n"
+                        f"```json\n{json.dumps(summary, indent=1)}\n```\n")
+    print(json.dumps({"output": str(output), **summary}))
+    return 0
+
+
 def cmd_tune_decoder(args: argparse.Namespace) -> int:
     import shutil as _shutil
 
@@ -592,6 +623,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vae_loss_arguments(tune)
     tune.add_argument("--device", default="auto")
     tune.set_defaults(func=cmd_tune_decoder)
+
+    from .generation.decoder_alignment import DecoderAlignmentConfig
+
+    align = commands.add_parser("align-decoder", help="Fine-tune only the VAE decoder on the generator's own samples "
+                                                      "so guide classifiers recognise their class (the UNet and its "
+                                                      "LoRAs stay valid).")
+    align.add_argument("--generator", required=True, help="Pipeline folder or embedded / Hub id.")
+    align.add_argument("--data", required=True, help="Real images for the reconstruction term.")
+    align.add_argument("--split", default="train")
+    align.add_argument("--output", required=True, help="Folder for the aligned pipeline (may be --generator itself).")
+    align.add_argument("--device", default="auto")
+    add_dataclass_arguments(align, DecoderAlignmentConfig)
+    align.set_defaults(func=cmd_align_decoder)
 
     export = commands.add_parser("export-generator", help="Copy a trained pipeline (or a LoRA folder) with float16 "
                                                           "weights; without its text encoder a pipeline is an "

@@ -534,3 +534,69 @@ def test_concurrent_callers_get_the_same_images_as_sequential_ones(pipeline_dir)
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda job: generator.text_to_image(*job)[0], jobs))
     assert _same(got, expected)
+
+
+@pytest.fixture
+def labelled_pipeline_dir(pipeline_dir, tmp_path):
+    """The tiny pipeline with magic_generator.json naming the tiny dataset's classes."""
+    import shutil
+
+    from magic.generation import GeneratorInfo
+    from tests.conftest import TINY_CLASSES
+
+    folder = tmp_path / "labelled-sd"
+    shutil.copytree(pipeline_dir, folder)
+    GeneratorInfo(label_names=list(TINY_CLASSES), prompt_template="a {name} shape").save(folder)
+    return folder
+
+
+def test_text_to_latents_decode_to_the_images_text_to_image_draws(pipeline_dir):
+    generator = Generator.from_pretrained(pipeline_dir)
+    latents = generator.text_to_latents("a disc shape", FAST, num_images=2)
+    vae = generator.pipeline.vae
+    with torch.no_grad():
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    images = generator.pipeline.image_processor.postprocess(decoded, output_type="pil")
+    assert _same(images, generator.text_to_image("a disc shape", FAST, num_images=2))
+
+
+def test_align_decoder_changes_only_the_decoder_and_reports_the_guides_term(labelled_pipeline_dir, tiny_dataset,
+                                                                            tiny_classifier_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "aligned"
+    result = run_cli("align-decoder", "--generator", str(labelled_pipeline_dir), "--data", str(tiny_dataset),
+                     "--output", str(out), "--guides", str(tiny_classifier_dir), "--samples-per-class", "2",
+                     "--sample-steps", "2", "--steps", "3", "--batch-size", "4", "--real-batch-size", "4",
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    before, after = (AutoencoderKL.from_pretrained(folder / "vae").state_dict()
+                     for folder in (labelled_pipeline_dir, out))
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    final = json_line(result.stdout)["final"]
+    assert final["class"] > 0 and 0.0 <= final["guide_accuracy"] <= 1.0
+    Generator.from_pretrained(out).text_to_image("a disc shape", FAST)  # still a working pipeline
+
+
+def test_align_decoder_refuses_a_missing_guide_bad_guidance_and_a_guide_of_other_classes(labelled_pipeline_dir,
+                                                                                         tiny_classifier_dir,
+                                                                                         tmp_path):
+    import shutil
+
+    from magic.classifiers import load_classifier
+    from magic.generation import GeneratorInfo
+    from magic.generation.decoder_alignment import DecoderAlignmentConfig, align_decoder
+
+    with pytest.raises(ValueError, match="needs `guides`"):
+        DecoderAlignmentConfig()
+    with pytest.raises(ValueError, match="comma-separated"):
+        DecoderAlignmentConfig(guides=str(tiny_classifier_dir), guidance="five")
+    folder = tmp_path / "other"
+    shutil.copytree(labelled_pipeline_dir, folder)
+    GeneratorInfo(label_names=["disc", "hexagon"], prompt_template="a {name} shape").save(folder)
+    assert "hexagon" not in load_classifier(tiny_classifier_dir).label_names
+    with pytest.raises(ValueError, match="does not know the generator's classes"):
+        align_decoder(Generator.from_pretrained(folder), [], DecoderAlignmentConfig(guides=str(tiny_classifier_dir)))

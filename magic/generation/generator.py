@@ -227,6 +227,23 @@ class Generator:
         expanded = [prompt for prompt in prompts for _ in range(num_images)]
         return self._run(self.pipeline, settings, self._seeds(settings, len(expanded), seeds), prompt=expanded)
 
+    @torch.no_grad()
+    def text_to_latents(self, prompts: list[str] | str, settings: GenerationSettings | None = None,
+                        num_images: int = 1, seeds: list[int] | None = None) -> torch.Tensor:
+        """The final latents ``text_to_image`` would decode (same seeds, diffusers' scaling: divide by
+        ``vae.config.scaling_factor`` before ``vae.decode``), shape (N, C, h, w)."""
+        settings = settings or GenerationSettings()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        expanded = [prompt for prompt in prompts for _ in range(num_images)]
+        seeds = self._seeds(settings, len(expanded), seeds)
+        with self._lock:
+            latents = self.pipeline(prompt=expanded, num_inference_steps=settings.steps,
+                                    guidance_scale=settings.guidance, generator=self._generators(seeds),
+                                    output_type="latent").images
+        if not torch.isfinite(latents).all():
+            raise GenerationError("Sampled latents came out NaN or infinite; lower guidance or use float32.")
+        return latents
+
     def image_to_image(self, images: list[Image.Image] | Image.Image, prompts: list[str] | str,
                        settings: GenerationSettings | None = None, seeds: list[int] | None = None
                        ) -> list[Image.Image]:

@@ -127,6 +127,12 @@ class PerceptualLoss(torch.nn.Module):
                       log_target=True, reduction="batchmean")
         return distance, kl
 
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class logits of a classifier network for images in [-1, 1] (gradients flow to ``pixels``)."""
+        if not self.has_classes:
+            raise ValueError("Class logits need a classifier as the network, not 'imagenet'.")
+        return self._features(self._prepare(pixels))[1]
+
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The feature distance between ``reconstruction`` and ``target`` (both in [-1, 1])."""
         return self.terms(reconstruction, target)[0]
@@ -174,17 +180,21 @@ def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, generator_los
     return (rec_grad.norm() / (gen_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
+def training_transform(size: int) -> transforms.Compose:
+    """PIL image -> (3, size, size) tensor in [-1, 1], resized, centre-cropped and randomly flipped."""
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(size), transforms.RandomHorizontalFlip(),
+                               transforms.RandomVerticalFlip(), transforms.ToTensor(),
+                               transforms.Normalize([0.5], [0.5])])
+
+
 def train_vae(vae: AutoencoderKL, images: Sequence[Image.Image], config: VAETrainConfig,
               log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``vae`` in place on ``images`` (resized to its sample size); returns the loss history."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = vae.device
-    size = vae.config.sample_size
-    to_pixels = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-                                    transforms.CenterCrop(size), transforms.RandomHorizontalFlip(),
-                                    transforms.RandomVerticalFlip(), transforms.ToTensor(),
-                                    transforms.Normalize([0.5], [0.5])])
+    to_pixels = training_transform(vae.config.sample_size)
     if config.consistency_weight > 0 and config.perceptual_network == "imagenet":
         raise ValueError("consistency_weight needs a domain classifier as perceptual_network (e.g. "
                          "magic-suite/wbc-classifier), not 'imagenet'.")
