@@ -600,3 +600,37 @@ def test_align_decoder_refuses_a_missing_guide_bad_guidance_and_a_guide_of_other
     assert "hexagon" not in load_classifier(tiny_classifier_dir).label_names
     with pytest.raises(ValueError, match="does not know the generator's classes"):
         align_decoder(Generator.from_pretrained(folder), [], DecoderAlignmentConfig(guides=str(tiny_classifier_dir)))
+
+
+def test_synthetic_to_real_trains_on_generated_images_only_and_tests_on_the_real_split(labelled_pipeline_dir,
+                                                                                       tiny_dataset):
+    from benchmarks.synthetic_to_real import main
+
+    report = main(["--generator", str(labelled_pipeline_dir), "--data", str(tiny_dataset), "--per-class", "2",
+                   "--guidance", "1", "3", "--steps", "2", "--epochs", "1", "--image-size", "32", "--seeds", "0", "1",
+                   "--real-reference", "--device", "cpu"])
+    synthetic = [arm for arm in report["arms"] if arm["train_on"] == "synthetic"]
+    real = [arm for arm in report["arms"] if arm["train_on"] == "real"]
+    assert [arm["guidance"] for arm in synthetic] == [1.0, 3.0] and len(real) == 1
+    for arm in synthetic + real:
+        assert [run["seed"] for run in arm["runs"]] == [0, 1]
+        assert all(run["train_images"] == 2 * 3 for run in arm["runs"])  # 2 per class, no real image added
+        assert set(arm["runs"][0]["per_class_recall"]) == {"disc", "square", "cross"}
+        accuracies = [run["accuracy"] for run in arm["runs"]]
+        assert arm["accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+        assert 0.0 <= min(accuracies) <= max(accuracies) <= 1.0
+
+
+def test_synthetic_to_real_refuses_a_generator_without_the_test_classes(labelled_pipeline_dir, tiny_dataset,
+                                                                         tmp_path, capsys):
+    import shutil
+
+    from benchmarks.synthetic_to_real import main
+    from magic.generation import GeneratorInfo
+
+    folder = tmp_path / "other"
+    shutil.copytree(labelled_pipeline_dir, folder)
+    GeneratorInfo(label_names=["disc", "hexagon"], prompt_template="a {name} shape").save(folder)
+    with pytest.raises(SystemExit):
+        main(["--generator", str(folder), "--data", str(tiny_dataset), "--device", "cpu"])
+    assert "does not draw the test split's classes ['cross', 'square']" in capsys.readouterr().err
