@@ -628,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     align = commands.add_parser("align-decoder", help="Fine-tune only the VAE decoder on the generator's own samples "
                                                       "so guide classifiers recognise their class (the UNet and its "
-                                                      "LoRAs stay valid).")
+                                                      "LoRAs stay valid). Research lever: check it with a held-out "
+                                                      "judge and benchmarks/synthetic_to_real.py (README).")
     align.add_argument("--generator", required=True, help="Pipeline folder or embedded / Hub id.")
     align.add_argument("--data", required=True, help="Real images for the reconstruction term.")
     align.add_argument("--split", default="train")

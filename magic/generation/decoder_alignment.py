@@ -12,7 +12,10 @@ less (README, *Tried, not shipped*). Here the class term sees the latents that s
 * reconstruction: L1 + perceptual distance on real images, so it is still the VAE's decoder.
 
 Only the decoder (and ``post_quant_conv``) train: the latent space and so the UNet (and any LoRA on it) stay valid.
-The guide must not be the classifier that later judges the generator: measure with a held-out judge.
+The guide must not be the classifier that later judges the generator: measure with a held-out judge, and with a
+classifier trained on the generated images alone (``benchmarks/synthetic_to_real.py``): on PBC an aligned decoder
+raised a held-out judge's class fidelity from 0.87 to 0.998 while such a classifier learned less from its images
+(macro-F1 on real test images 0.62 -> 0.55; README, *Tried, not shipped*).
 """
 
 from __future__ import annotations
