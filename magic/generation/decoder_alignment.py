@@ -15,7 +15,7 @@ Only the decoder (and ``post_quant_conv``) train: the latent space and so the UN
 The guide must not be the classifier that later judges the generator: measure with a held-out judge, and with a
 classifier trained on the generated images alone (``benchmarks/synthetic_to_real.py``): on PBC an aligned decoder
 raised a held-out judge's class fidelity from 0.87 to 0.998 while such a classifier learned less from its images
-(macro-F1 on real test images 0.62 -> 0.55; README, *Tried, not shipped*).
+(macro-F1 on real test images 0.64 -> 0.60 over 3 seeds; README, *Tried, not shipped*).
 """
 
 from __future__ import annotations
