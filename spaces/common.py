@@ -54,6 +54,30 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
+class ItemNumbers(gr.CheckboxGroup):
+    """Checkboxes whose values are checklist item numbers (1, 2, ...), documented to API callers as integers.
+
+    gradio's CheckboxGroup documents every choice value as a string, so ``view_api`` showed ``'1'`` for an item that
+    only the integer ``1`` selected. Here the API schema says integer, and a digit string such as ``"2"`` is
+    accepted as the same item, so scripts written either way work.
+    """
+
+    is_template = True  # the browser renders it with gradio's own CheckboxGroup component
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.CheckboxGroup)
+
+    def api_info(self) -> dict:
+        info = super().api_info()
+        info["items"] = {**info["items"], "type": "integer"}
+        return info
+
+    def preprocess(self, payload):
+        numbers = {str(value): value for _, value in self.choices}
+        return super().preprocess([numbers.get(value, value) if isinstance(value, str) else value
+                                   for value in payload or []])
+
+
 def read_image(path: str | None) -> Image.Image:
     """Open an uploaded image, turning every problem into a gr.Error the caller can read."""
     if path is None:

@@ -23,6 +23,7 @@ from spaces.common import (
     DELETE_CACHE,
     EXAMPLES_DIR,
     MAX_FILE_SIZE,
+    ItemNumbers,
     UploadedImage,
     model_card_link,
     model_card_text,
@@ -80,10 +81,10 @@ def create_demo(evaluator: Evaluator | None = None, model_id: str = DEFAULT_MODE
 
     def checklist_items(catalog_name: str = DEFAULT_CATALOG, condition: str = "", skin_tone: str = "not specified"):
         """The checklist items an expert ticks, for the chosen condition (none ticked)."""
-        return gr.CheckboxGroup(choices=_item_choices(checklist_for(catalog_name, condition, skin_tone)), value=[])
+        return ItemNumbers(choices=_item_choices(checklist_for(catalog_name, condition, skin_tone)), value=[])
 
     def add_expert_label(image_path: str | None, catalog_name: str, condition: str, skin_tone: str,
-                         ticked: list[str] | None, rater: str, labels: list[dict] | None):
+                         ticked: list[int] | None, rater: str, labels: list[dict] | None):
         """Record an expert's 0/1 per item beside the evaluator's verdict; report Cohen's kappa so far."""
         checklist = checklist_for(catalog_name, condition, skin_tone)
         ticked = list(ticked or [])
@@ -153,7 +154,7 @@ def create_demo(evaluator: Evaluator | None = None, model_id: str = DEFAULT_MODE
             labels = gr.State([])
             with gr.Row():
                 with gr.Column():
-                    expert_items = gr.CheckboxGroup(_item_choices(checklist_for(DEFAULT_CATALOG, "", "not specified")),
+                    expert_items = ItemNumbers(_item_choices(checklist_for(DEFAULT_CATALOG, "", "not specified")),
                                                     label="Items the image meets (your judgement)")
                     rater = gr.Textbox(label="Rater (optional)", max_lines=1)
                     add = gr.Button("Add my label")

@@ -85,6 +85,21 @@ def test_a_person_checks_an_image_against_a_checklist(app_url, page, tmp_path):
     _screenshot(page, tmp_path, "evaluate")
 
 
+
+def test_a_clinician_ticks_checklist_items_and_sees_agreement(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    panel = _open_tab(page, app_url, "Evaluate", "wbc/drawn_lymphocyte.png")
+    panel.get_by_text("Expert review: label the checklist yourself").click()
+    items = panel.get_by_role("checkbox")
+    expect(items).to_have_count(5, timeout=30_000)  # one per checklist item of the chosen condition
+    items.nth(0).check()
+    items.nth(2).check()
+    panel.get_by_role("button", name="Add my label").click()
+    expect(panel.get_by_text(re.compile(r"on 1 image\(s\)")).first).to_be_visible(timeout=60_000)
+    expect(panel.get_by_text("pooled Cohen's kappa").first).to_be_visible()
+    expect(panel.get_by_text(re.compile("expert_labels")).first).to_be_visible()  # the labels, to download
+
 def test_a_person_describes_a_lesion_and_gets_a_ranked_diagnosis(app_url, page, tmp_path):
     from playwright.sync_api import expect
 

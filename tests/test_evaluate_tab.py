@@ -81,3 +81,18 @@ def test_expert_labels_accumulate_per_session_with_kappa_and_a_download(client, 
     with pytest.raises(AppError, match="not in the list of choices|item numbers from 1 to 5"):
         client.predict(handle_file(_cell(tmp_path / "c.png")), "pbc", "neutrophil", "not specified",
                        [7], "", api_name="/expert_label")
+
+
+def test_expert_label_documents_item_numbers_as_integers_and_accepts_digit_strings(client, tmp_path):
+    from magic.evaluation.experts import load_expert_labels
+
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/expert_label"]
+    ticked = next(parameter for parameter in info["parameters"] if parameter["parameter_name"] == "ticked")
+    assert ticked["type"]["items"] == {"enum": [1, 2, 3, 4, 5], "type": "integer"}
+    as_strings = client.predict(handle_file(_cell(tmp_path / "a.png", "neutrophil")), "pbc", "neutrophil",
+                                "not specified", ["1", "3"], "", api_name="/expert_label")
+    assert load_expert_labels(as_strings[1])[-1].scores == [1, 0, 1, 0, 0]  # appended to this client's session
+    for bad in (["7"], ["one"], [0]):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict(handle_file(_cell(tmp_path / "b.png")), "pbc", "neutrophil", "not specified",
+                           bad, "", api_name="/expert_label")
