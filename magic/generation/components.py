@@ -84,3 +84,45 @@ def build_pipeline(config: TinySDConfig, seed: int = 0) -> StableDiffusionPipeli
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+#: ``stabilityai/stable-diffusion-2-1-base``'s UNet, VAE and text-encoder configs (its ``*/config.json`` on the Hub).
+SD21_BASE_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, norm_num_groups=32,
+)
+SD21_BASE_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    sample_size=512, scaling_factor=0.18215,
+)
+SD21_BASE_TEXT = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, projection_dim=512,
+    hidden_act="gelu", max_position_embeddings=77,
+)
+
+
+def build_sd21_base_architecture(seed: int = 0) -> StableDiffusionPipeline:
+    """SD 2.1-base's architecture at 512 px with random weights, built offline: for throughput and code-path checks.
+
+    UNet (866 M parameters), VAE and OpenCLIP-H-sized text encoder follow the Hub configs; the tokenizer is MiniLM's
+    (CLIP's BPE vocabulary is not available offline), cut to SD's 77 tokens, so only the size of the text
+    encoder's embedding table differs. Its images are noise: use ``Generator.from_pretrained(
+    "stabilityai/stable-diffusion-2-1-base")`` for the real model.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_folder())
+    tokenizer.model_max_length = SD21_BASE_TEXT["max_position_embeddings"]
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id, **SD21_BASE_TEXT))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=AutoencoderKL(**SD21_BASE_VAE), text_encoder=text_encoder,
+                                   tokenizer=tokenizer, unet=UNet2DConditionModel(**SD21_BASE_UNET),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
