@@ -13,7 +13,10 @@ configs, built offline by ``build_sd21_base_architecture``), then measures, in o
   with the same prompts, steps, guidance and seeds (ratio = ours / plain; the NaN guard and PIL conversion are
   inside our figure);
 - training images/s of ``train_denoiser`` (full UNet, min-SNR loss, AdamW) at the given batch size
-  (``--train-steps 0`` skips it: full SD 2.1-base training needs about 14 GB for AdamW's state alone).
+  (``--train-steps 0`` skips it: full SD 2.1-base training needs about 14 GB for AdamW's state alone);
+- with ``--dpo-steps N``: preference pairs/s of ``magic.feedback.train_on_feedback`` (MAGIC's DPO on a rank-16
+  LoRA, the feedback loop's fine-tuning step; each pair is a winner and a loser image, plus the frozen reference's
+  prediction on both) at ``--dpo-batch-size`` pairs per step: the same code the embedded generator is tuned with.
 
 One JSON object is printed (and written with --output) with the settings, device, dtype and machine.
 """
@@ -32,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.report import emit  # noqa: E402
+from magic.evaluation.preferences import HIGHER_WINS, PreferencePair, Side  # noqa: E402
+from magic.feedback import FeedbackTrainConfig, train_on_feedback  # noqa: E402
 from magic.generation import GenerationSettings, Generator, TinySDConfig, build_pipeline  # noqa: E402
 from magic.generation.components import build_sd21_base_architecture  # noqa: E402
 from magic.generation.train import DenoiserTrainConfig, train_denoiser  # noqa: E402
@@ -63,6 +68,29 @@ def _timed_pair(first, second, repeats: int) -> tuple[float, float]:
     return best[0], best[1]
 
 
+def _dpo_throughput(args) -> dict:
+    """Pairs/s of the feedback loop's DPO step (float32 weights, bfloat16 autocast where fast) on a fresh pipeline."""
+    pipeline = SIZES[args.size]().to(args.device)
+    kinds = ["lymphocyte", "monocyte", "basophil", "neutrophil", "eosinophil"]  # kinds make_examples draws
+    pairs = []
+    for index in range(max(args.dpo_batch_size, 2)):
+        kind = kinds[index % len(kinds)]
+        winner, loser = _cell(kind, 2 * index), _cell(kinds[(index + 1) % len(kinds)], 2 * index + 1)
+        pair = PreferencePair(a=Side(f"{index}a.png", 4), b=Side(f"{index}b.png", 1), win_a=True, win_b=False,
+                              rule=HIGHER_WINS, prompt=f"a microscopy image of a {kind} white blood cell")
+        pairs.append((pair, winner, loser))
+    config = FeedbackTrainConfig(method="dpo", steps=args.dpo_steps, batch_size=args.dpo_batch_size, warmup_steps=1,
+                                 gradient_checkpointing=args.gradient_checkpointing)
+    started = time.perf_counter()
+    history = train_on_feedback(pipeline, config, pairs=pairs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    lora = sum(p.numel() for name, p in pipeline.unet.named_parameters() if "lora_" in name) / 1e6
+    return {"pairs_per_s": args.dpo_steps * args.dpo_batch_size / elapsed, "lora_m": lora,
+            "final_loss": history[-1]["loss"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -72,6 +100,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="Denoising steps per image.")
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--dpo-steps", type=int, default=0, help="DPO steps on a LoRA (0: skip).")
+    parser.add_argument("--dpo-batch-size", type=int, default=4, help="Preference pairs per DPO step.")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="DPO with gradient checkpointing.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default="")
     args = parser.parse_args()
@@ -95,8 +126,8 @@ def main() -> None:
     parameters = {name: sum(p.numel() for p in getattr(pipeline, name).parameters()) / 1e6
                   for name in ("unet", "vae", "text_encoder")}
     train_images_per_s = None
+    pipeline = generator = None  # one model in memory at a time
     if args.train_steps > 0:
-        del pipeline, generator  # one model in memory at a time
         drawn = ["lymphocyte", "monocyte", "basophil", "neutrophil", "eosinophil"]  # kinds make_examples draws
         images = [_cell(drawn[i % len(drawn)], i) for i in range(max(args.batch_size, 8))]
         train_config = DenoiserTrainConfig(steps=args.train_steps, batch_size=args.batch_size, warmup_steps=1)
@@ -106,6 +137,8 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         train_images_per_s = args.train_steps * args.batch_size / (time.perf_counter() - started)
+        del train_pipeline
+    dpo = _dpo_throughput(args) if args.dpo_steps > 0 else {}
 
     report = {
         "size": args.size, "image_size": image_size, "device": args.device, "dtype": args.dtype,
@@ -115,6 +148,10 @@ def main() -> None:
         "ratio_ours_to_plain": plain_s / ours_s,
         "train_images_per_s": train_images_per_s,
         "train_steps": args.train_steps,
+        "dpo_pairs_per_s": dpo.get("pairs_per_s"), "dpo_steps": args.dpo_steps,
+        "dpo_batch_size": args.dpo_batch_size if dpo else None, "dpo_lora_parameters_m": dpo.get("lora_m"),
+        "dpo_gradient_checkpointing": args.gradient_checkpointing if dpo else None,
+        "dpo_final_loss": dpo.get("final_loss"),
         "unet_parameters_m": parameters["unet"],
         "vae_parameters_m": parameters["vae"],
         "text_encoder_parameters_m": parameters["text_encoder"],

@@ -364,7 +364,8 @@ def cmd_feedback_loop(args: argparse.Namespace) -> int:
 
     generator = Generator.from_pretrained(args.generator, device=args.device if args.device != "auto" else None)
     train = FeedbackTrainConfig(method=args.method, steps=args.train_steps, batch_size=args.train_batch_size,
-                                lr=args.lr, beta=args.beta, anchor_weight=args.anchor_weight)
+                                lr=args.lr, beta=args.beta, anchor_weight=args.anchor_weight,
+                                gradient_checkpointing=args.gradient_checkpointing)
     config = FeedbackLoopConfig(
         catalog=args.catalog, rounds=args.rounds, samples_per_condition=args.samples_per_condition,
         eval_per_condition=args.eval_per_condition, steps=args.steps, guidance=args.guidance, seed=args.seed,
@@ -670,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--beta", type=float, default=1000.0, help="DPO strength.")
     loop.add_argument("--anchor-weight", type=float, default=FeedbackTrainConfig.anchor_weight,
                       help=FeedbackTrainConfig.__dataclass_fields__["anchor_weight"].metadata["help"])
+    loop.add_argument("--gradient-checkpointing", action="store_true",
+                      help=FeedbackTrainConfig.__dataclass_fields__["gradient_checkpointing"].metadata["help"])
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--device", default="auto")
     loop.add_argument("--output", required=True, help="Folder for images, preferences, the LoRA and report.json.")

@@ -62,6 +62,26 @@ def test_dpo_makes_the_lora_prefer_the_winner(pipeline_dir, pair_images):
     assert _margin(pipeline, winner, loser) < 0 < _margin(pipeline, loser, winner)
 
 
+def test_gradient_checkpointing_trains_the_same_lora_and_is_switched_off_after(pipeline_dir, pair_images):
+    winner, loser = pair_images
+    pair = PreferencePair(a=Side("w.png", 4), b=Side("l.png", 1), win_a=True, win_b=False, rule="higher wins",
+                          prompt=PROMPT)
+    loras = {}
+    for checkpointing in (False, True):
+        pipeline = Generator.from_pretrained(pipeline_dir).pipeline
+        config = FeedbackTrainConfig(method="dpo", steps=3, batch_size=4, lr=1e-3, mixed_precision=False,
+                                     gradient_checkpointing=checkpointing)
+        train_on_feedback(pipeline, config, pairs=[(pair, winner, loser)])
+        assert not pipeline.unet.is_gradient_checkpointing
+        loras[checkpointing] = {name: p.detach().clone() for name, p in pipeline.unet.named_parameters()
+                                if "lora_" in name}
+    assert loras[False].keys() == loras[True].keys() and loras[False]
+    moved = max(float(p.abs().max()) for name, p in loras[False].items() if "lora_B" in name)
+    assert moved > 0  # the LoRA trained (its B matrices start at zero)
+    for name, weight in loras[False].items():
+        torch.testing.assert_close(loras[True][name], weight, rtol=1e-4, atol=1e-6)
+
+
 @torch.no_grad()
 def _drift(pipeline, image, prompt: str, samples: int = 64) -> float:
     """Mean squared difference between the LoRA model's and the reference's noise predictions for ``prompt``."""
