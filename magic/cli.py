@@ -453,11 +453,12 @@ def cmd_train_narrative_classifier(args: argparse.Namespace) -> int:
 def cmd_experiment_augment(args: argparse.Namespace) -> int:
     from .experiments import run_augment_experiment
 
-    report = run_augment_experiment(args.config, args.output, fast=args.fast,
+    report = run_augment_experiment(args.config, args.output, fast=args.fast, report_only=args.report_only,
                                     log=lambda message: print(message, file=sys.stderr))
     output = Path(args.output)
     print(json.dumps({"output": str(output), "report": str(output / "report.md"), "runs": len(report["runs"]),
-                      "ran": report["ran"], "skipped": report["skipped"], "fast": report["fast"],
+                      "ran": report["ran"], "skipped": report["skipped"], "missing": report["missing"],
+                      "fast": report["fast"],
                       "wall_s": round(report["wall_s"], 1), "device": report["device"], "threads": report["threads"],
                       "target": report["target"],
                       "conditions": [{key: row[key] for key in ("classifier", "condition", "per_class", "share")}
@@ -764,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--output", required=True, help="Folder for runs/, synthetic/ (image cache) and the report.")
     augment.add_argument("--fast", action="store_true", help="Smoke check: the config's `fast` caps on seeds, steps "
                                                              "and images (its numbers mean nothing).")
+    augment.add_argument("--report-only", action="store_true",
+                         help="Generate and train nothing: write an interim report of the runs already saved in "
+                              "OUTPUT/runs and list the planned runs still missing.")
     augment.set_defaults(func=cmd_experiment_augment)
 
     from .evaluation.cli import add_commands as add_evaluation_commands

@@ -319,6 +319,40 @@ def test_rerun_skips_finished_runs_and_does_not_regenerate(fast_run, workspace, 
         run_augment_experiment(CONFIG, out, fast=False)
 
 
+def test_report_only_reports_the_finished_runs_and_lists_the_missing_ones(fast_run, workspace, monkeypatch,
+                                                                           tmp_path):
+    finished = sorted((workspace / "out" / "runs").glob("*.json"))
+    kept = [path for path in finished if "seed0" in path.name]  # an experiment stopped after its first seed
+    assert 0 < len(kept) < len(finished)
+    (tmp_path / "runs").mkdir()
+    for path in kept:
+        (tmp_path / "runs" / path.name).write_bytes(path.read_bytes())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("report_only generated or trained")
+
+    monkeypatch.setattr(augment_module, "train_classifier", refuse)
+    monkeypatch.setattr(Generator, "from_pretrained", refuse)
+    monkeypatch.chdir(workspace)
+    report = run_augment_experiment(CONFIG, tmp_path, fast=True, report_only=True)
+    assert report["ran"] == 0 and report["skipped"] == len(kept) and report["planned"] == len(finished)
+    assert sorted(report["missing"]) == sorted(path.stem for path in finished if path not in kept)
+    assert {run["run_id"] for run in report["runs"]} == {path.stem for path in kept}
+    full = {(row["condition"], row["per_class"], row["share"]): row for row in fast_run[0]["conditions"]}
+    for row in report["conditions"]:  # each row is its seed-0 run, not the full run's mean
+        assert row["seeds"] == [0]
+        run = next(run for run in fast_run[0]["runs"] if run["seed"] == 0 and run["condition"] == row["condition"]
+                   and run["per_class"] == row["per_class"] and run["share"] == row["share"])
+        assert row["macro_f1"]["mean"] == run["test"]["macro_f1"]
+        assert (row["condition"], row["per_class"], row["share"]) in full
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"Interim report**: {len(kept)} of {len(finished)} planned runs" in markdown
+    assert all(f"`{run_id}`" in markdown for run_id in report["missing"])
+    empty = tmp_path / "empty"
+    with pytest.raises(ValueError, match="no finished run"):
+        run_augment_experiment(CONFIG, empty, fast=True, report_only=True)
+
+
 def test_a_source_can_be_swept_over_its_own_counts():
     import yaml
 

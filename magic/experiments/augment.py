@@ -203,9 +203,13 @@ def _finished(path: Path, run: RunSpec, train: TrainConfig, fast: bool) -> dict 
 
 
 def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, output_dir: str | os.PathLike,
-                           fast: bool = False, log: Callable[[str], None] | None = None) -> dict:
+                           fast: bool = False, log: Callable[[str], None] | None = None,
+                           report_only: bool = False) -> dict:
     """Run every planned run not already saved in ``output_dir/runs/``, then write ``report.json``, ``report.md``
-    and the macro-F1 plot there. Returns the report (its ``ran`` and ``skipped`` count this call's work)."""
+    and the macro-F1 plot there. Returns the report (its ``ran`` and ``skipped`` count this call's work).
+
+    With ``report_only`` nothing is generated or trained: the report covers the runs already saved (an interim
+    report of a long experiment) and lists the planned runs still ``missing``."""
     started = time.time()
     if not isinstance(config, AugmentExperimentConfig):
         config = load_config(config)
@@ -226,6 +230,12 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
             pending.append(run)
         else:
             results[run.run_id] = record
+    missing = []
+    if report_only:
+        if not results:
+            raise ValueError(f"{output / 'runs'} holds no finished run of this config to report on; run the "
+                             "experiment without report_only (--report-only) first.")
+        missing, pending = [run.run_id for run in pending], []
     experiment.prepare_sources(pending)
     for number, run in enumerate(pending, 1):
         log(f"run {number}/{len(pending)}: {run.run_id}")
@@ -235,13 +245,14 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
         log(json.dumps({"run": run.run_id, "accuracy": record["test"]["accuracy"],
                         "macro_f1": record["test"]["macro_f1"], "wall_s": round(record["wall_s"], 1)}))
 
-    runs = [results[run.run_id] for run in plan]
+    runs = [results[run.run_id] for run in plan if run.run_id in results]
     rows = summarise(runs)
     report = {
         "name": config.name, "fast": fast, "config": _plain(config.to_dict()),
         "test_size": len(experiment.test), "validation_size": len(experiment.val),
         "runs": runs, "conditions": rows, "target": target_check(rows),
-        "synthetic_sources": experiment.sources, "ran": len(pending), "skipped": len(plan) - len(pending),
+        "synthetic_sources": experiment.sources, "ran": len(pending), "skipped": len(runs) - len(pending),
+        "planned": len(plan), "missing": missing,
         "device": _device_name(config.classifiers[0].train.device), "threads": _threads(),
         "runs_wall_s": sum(run["wall_s"] for run in runs), "wall_s": time.time() - started,
         "plot": PLOT_NAME, "std": "sample standard deviation over seeds (ddof 1; 0 with one seed)",

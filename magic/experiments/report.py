@@ -132,6 +132,15 @@ def _filter_lines(sources: dict) -> list[str]:
             "each run's `added_per_class`).", "", *lines, ""]
 
 
+def _missing_lines(report: dict) -> list[str]:
+    missing = report.get("missing") or []
+    if not missing:
+        return []
+    return [f"- **Interim report**: {len(report['runs'])} of {report['planned']} planned runs finished; conditions "
+            "may cover different seeds (see the runs column). Not run yet: "
+            + ", ".join(f"`{run_id}`" for run_id in missing) + "."]
+
+
 def markdown_report(report: dict) -> str:
     """The experiment's report as markdown: setup, the measured table, the target check and the paper anchors."""
     config, rows = report["config"], report["conditions"]
@@ -157,6 +166,7 @@ def markdown_report(report: dict) -> str:
         f"{report['device']}, {report['threads']} CPU threads; wall time {report['wall_s']:.1f} s this call, "
         f"{report['runs_wall_s']:.1f} s summed over runs." + (" **Fast mode** (smoke check: numbers mean nothing)."
                                                              if report["fast"] else ""),
+        *_missing_lines(report),
         "", HONESTY_NOTE, "",
         "| classifier | condition | n synthetic/class | rho | runs | accuracy % | macro-F1 % | Δ macro-F1 vs real-only "
         "(points) |",
