@@ -6,7 +6,7 @@
 The judge must be a classifier the generator never used (the shipped figures use a ResNet18 trained from scratch
 on pbc-64: see the README for its command). For every guidance scale, ``--per-class`` text-to-image images of each
 class are generated (seeds 0, 1, ...) and judged; the report also gives the judge's accuracy on the real split and
-on the real split passed through the generator's VAE (the ceiling the VAE allows).
+on the real split passed through the generator's VAE (the ceiling the VAE allows), and the PSNR of that round trip.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from PIL import Image  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
 from magic.classifiers import load_classifier  # noqa: E402
 from magic.data import load_image_dataset  # noqa: E402
-from magic.evaluation.fidelity import class_fidelity, generate_per_class, judge_outputs  # noqa: E402
+from magic.evaluation.fidelity import (  # noqa: E402
+    class_fidelity,
+    generate_per_class,
+    judge_outputs,
+    reconstruction_psnr,
+)
 from magic.generation import GenerationSettings, Generator  # noqa: E402
 from magic.generation.adapters import load_lora  # noqa: E402
 
@@ -80,8 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     to_judge = np.array([judge.label_names.index(name) for name in names])
     truth = to_judge[real_labels]
     real_predictions, _ = judge_outputs(judge, real_images)
-    reconstructed_predictions, _ = judge_outputs(judge, vae_round_trip(generator, real_images))
+    reconstructions = vae_round_trip(generator, real_images)
+    reconstructed_predictions, _ = judge_outputs(judge, reconstructions)
     vae_ceiling = float((reconstructed_predictions == truth).mean())
+    size = reconstructions[0].size
+    psnr = reconstruction_psnr([image.convert("RGB").resize(size, Image.BICUBIC) for image in real_images],
+                               reconstructions)
 
     def per_class(predictions: np.ndarray) -> dict[str, float]:
         return {name: float((predictions[truth == to_judge[i]] == to_judge[i]).mean()) for i, name in enumerate(names)}
@@ -103,7 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
         "judge_per_class_on_real": per_class(real_predictions),
         "judge_accuracy_on_vae_reconstructions": vae_ceiling,
-        "judge_per_class_on_vae_reconstructions": per_class(reconstructed_predictions), "runs": runs,
+        "judge_per_class_on_vae_reconstructions": per_class(reconstructed_predictions),
+        "vae_psnr_db": float(psnr.mean()),
+        "vae_psnr_per_class_db": {name: float(psnr[truth == to_judge[i]].mean()) for i, name in enumerate(names)},
+        "runs": runs,
         "device": str(generator.device), "dtype": str(generator.pipeline.unet.dtype), "machine": platform.processor()
         or platform.machine(), "torch_threads": torch.get_num_threads(),
     }

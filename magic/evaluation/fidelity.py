@@ -65,6 +65,25 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
 
 
+def reconstruction_psnr(originals: Sequence[Image.Image], reconstructions: Sequence[Image.Image]) -> np.ndarray:
+    """Peak signal-to-noise ratio in dB of each reconstruction against its original (8-bit RGB; inf where they are
+    identical): how much of the pixels an autoencoder's round trip keeps, whatever a judge makes of them."""
+    if len(originals) != len(reconstructions):
+        raise ValueError(f"Got {len(originals)} originals but {len(reconstructions)} reconstructions; pass one "
+                         "reconstruction per original, in the same order.")
+    values = []
+    for original, reconstruction in zip(originals, reconstructions):
+        if original.size != reconstruction.size:
+            raise ValueError(f"An original is {original.size[0]}x{original.size[1]} px but its reconstruction "
+                             f"{reconstruction.size[0]}x{reconstruction.size[1]}; resize the originals to the "
+                             "autoencoder's size first.")
+        a = np.asarray(original.convert("RGB"), dtype=np.float64)
+        b = np.asarray(reconstruction.convert("RGB"), dtype=np.float64)
+        mse = ((a - b) ** 2).mean()
+        values.append(np.inf if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+    return np.array(values)
+
+
 def class_fidelity(
     generated: Sequence[Image.Image],
     requested: Sequence[int],
