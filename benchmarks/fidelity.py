@@ -37,19 +37,22 @@ from magic.generation.adapters import load_lora  # noqa: E402
 
 
 @torch.inference_mode()
-def vae_round_trip(generator: Generator, images: list[Image.Image], batch_size: int = 128) -> list[Image.Image]:
-    """Encode and decode ``images`` with the generator's VAE (posterior mean), at the generator's size."""
+def vae_round_trip(generator: Generator, images: list[Image.Image], batch_size: int = 128
+                   ) -> tuple[list[Image.Image], list[Image.Image]]:
+    """``images`` as RGB at the generator's size, and their encode-decode round trips through its VAE (posterior
+    mean)."""
     pipeline = generator.pipeline
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    inputs = [image.convert("RGB").resize((size, size), Image.BICUBIC) for image in images]
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = [image.convert("RGB").resize((size, size), Image.BICUBIC) for image in images[start:start + batch_size]]
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start:start + batch_size]
         pixels = torch.from_numpy(np.stack([np.asarray(image) for image in batch])).permute(0, 3, 1, 2)
         pixels = (pixels.float() / 127.5 - 1).to(pipeline.device, pipeline.vae.dtype)
         decoded = pipeline.vae.decode(pipeline.vae.encode(pixels).latent_dist.mode()).sample
         array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         out += [Image.fromarray(a) for a in array]
-    return out
+    return inputs, out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,12 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     to_judge = np.array([judge.label_names.index(name) for name in names])
     truth = to_judge[real_labels]
     real_predictions, _ = judge_outputs(judge, real_images)
-    reconstructions = vae_round_trip(generator, real_images)
+    round_trip_inputs, reconstructions = vae_round_trip(generator, real_images)
     reconstructed_predictions, _ = judge_outputs(judge, reconstructions)
     vae_ceiling = float((reconstructed_predictions == truth).mean())
-    size = reconstructions[0].size
-    psnr = reconstruction_psnr([image.convert("RGB").resize(size, Image.BICUBIC) for image in real_images],
-                               reconstructions)
+    psnr = reconstruction_psnr(round_trip_inputs, reconstructions)
 
     def per_class(predictions: np.ndarray) -> dict[str, float]:
         return {name: float((predictions[truth == to_judge[i]] == to_judge[i]).mean()) for i, name in enumerate(names)}
