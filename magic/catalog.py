@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Catalog:
     license: str
     criteria: tuple[Criterion, ...]
     conditions: tuple[Condition, ...]
+    prompt_template: str | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -91,6 +93,16 @@ class Catalog:
 def available_catalogs() -> list[str]:
     """Names of the catalogs shipped with the library."""
     return sorted(path.stem for path in CATALOGS_DIR.glob("*.yaml"))
+
+
+def catalog_for_labels(label_names: Sequence[str]) -> Catalog | None:
+    """The first shipped catalog that names every one of ``label_names`` (a dataset's classes), or None."""
+    for name in available_catalogs():
+        catalog = load_catalog(name)
+        known = set().union(*(condition.names() for condition in catalog.conditions))
+        if all(label.lower() in known or label.replace("_", " ").lower() in known for label in label_names):
+            return catalog
+    return None
 
 
 def load_catalog(name_or_path: str | os.PathLike) -> Catalog:
@@ -160,4 +172,12 @@ def _parse(raw: dict, filename: str) -> Catalog:
         license=_require(raw, "license", filename),
         criteria=tuple(criteria),
         conditions=tuple(conditions),
+        prompt_template=_prompt_template(raw, filename),
     )
+
+
+def _prompt_template(raw: dict, filename: str) -> str | None:
+    template = raw.get("prompt_template")
+    if template is not None and (not isinstance(template, str) or "{name}" not in template):
+        raise CatalogError(f"{filename}: field 'prompt_template' must be a string with {{name}}, got {template!r}.")
+    return template

@@ -163,13 +163,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    from .data import load_image_dataset
+    from .data import class_names, load_image_dataset
     from .generation import TinySDConfig
     from .generation.recipe import train_generator
     from .generation.train import DenoiserTrainConfig
     from .generation.vae import VAETrainConfig
 
     dataset = load_image_dataset(args.data, split=args.split)
+    template = args.prompt_template or _catalog_prompt_template(class_names(dataset), args.data)
     given = {"latent_channels": args.latent_channels, "layers_per_block": args.layers_per_block,
              "vae_channels": tuple(args.vae_channels or ()), "unet_channels": tuple(args.unet_channels or ())}
     sizes = TinySDConfig(image_size=args.image_size, text_encoder=args.text_encoder,
@@ -181,11 +182,21 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     unet = DenoiserTrainConfig(method="full", steps=args.unet_steps, batch_size=args.batch_size, lr=args.lr,
                                ema_decay=args.ema_decay, balance=args.balance)
     device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
-    output = train_generator(dataset, args.output, sizes, vae, unet, args.prompt_template, device=device,
+    output = train_generator(dataset, args.output, sizes, vae, unet, template, device=device,
                              dataset_name=str(args.data), repo_id=args.repo_id, vae_from=args.vae_from,
                              unet_from=args.unet_from)
     print(json.dumps({"output": str(output)}))
     return 0
+
+
+def _catalog_prompt_template(names: list[str], data: str) -> str:
+    from .catalog import catalog_for_labels
+
+    catalog = catalog_for_labels(names)
+    if catalog is None or catalog.prompt_template is None:
+        raise ValueError(f"No shipped catalog names every class of {data} ({', '.join(names)}): give "
+                         "--prompt-template with {name}, e.g. 'a microscopy image of a {name} white blood cell'.")
+    return catalog.prompt_template
 
 
 def _cuda() -> bool:
@@ -593,7 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "equally often) or sqrt-sampler (in between).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
     _add_vae_loss_arguments(tg)
-    tg.add_argument("--prompt-template", default="a microscopy image of a {name} white blood cell")
+    tg.add_argument("--prompt-template", default=None,
+                    help="Prompt with {name} for each class (default: the prompt_template of the shipped catalog "
+                         "that names every class of --data, e.g. 'a dermoscopy image of a {name} skin lesion' "
+                         "for HAM10000).")
     tg.add_argument("--device", default="auto")
     tg.add_argument("--repo-id", default="")
     tg.set_defaults(func=cmd_train_generator)

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from magic.catalog import NUM_CRITERIA, CatalogError, available_catalogs, load_catalog
+from magic.catalog import NUM_CRITERIA, CatalogError, available_catalogs, catalog_for_labels, load_catalog
 
 EXPECTED = {
     "ham10000": ["actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma",
@@ -68,3 +68,19 @@ def test_duplicate_names_are_rejected(tmp_path):
 def test_unknown_catalog_lists_the_shipped_ones():
     with pytest.raises(CatalogError, match="shipped catalogs"):
         load_catalog("dermnet")
+
+
+def test_a_dataset_class_list_finds_its_catalog_and_prompt_template():
+    ham = catalog_for_labels(EXPECTED["ham10000"])
+    assert ham.name == "ham10000" and ham.prompt_template.format(name="melanoma") == \
+        "a dermoscopy image of a melanoma skin lesion"
+    assert catalog_for_labels(["ig", "Basophil", "platelet"]).name == "pbc"  # a subset, any case
+    assert catalog_for_labels(["basophil", "melanoma"]) is None  # no one catalog names both
+    assert catalog_for_labels(["disc", "square"]) is None
+
+
+def test_a_prompt_template_without_name_is_rejected(tmp_path):
+    data = yaml.safe_load((load_catalog.__globals__["CATALOGS_DIR"] / "pbc.yaml").read_text())
+    data["prompt_template"] = "a microscopy image of a white blood cell"
+    with pytest.raises(CatalogError, match="prompt_template"):
+        load_catalog(_write(tmp_path, data))

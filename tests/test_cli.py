@@ -73,6 +73,24 @@ def test_embedded_wbc_classifier_meets_its_accuracy_on_the_pbc_test_split():
     assert report["accuracy"] >= 0.97
 
 
+def test_train_generator_takes_the_prompt_from_the_catalog_or_asks_for_one(tmp_path):
+    from tests.conftest import make_image_dataset
+
+    tiny = ["--image-size", "32", "--text-encoder", "random-tiny", "--latent-channels", "4", "--vae-channels", "32",
+            "32", "--unet-channels", "32", "64", "--vae-steps", "1", "--unet-steps", "1", "--batch-size", "2",
+            "--device", "cpu"]
+    skin = make_image_dataset(tmp_path / "skin", {"train": [2, 2]}, names=["melanoma", "dermatofibroma"])
+    result = run_cli("train-generator", "--data", str(skin), "--output", str(tmp_path / "skin-sd"), *tiny)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "skin-sd" / "magic_generator.json").read_text())
+    assert info["prompt_template"] == "a dermoscopy image of a {name} skin lesion"
+
+    shapes = make_image_dataset(tmp_path / "shapes", {"train": [2, 2]}, names=["disc", "square"])
+    result = run_cli("train-generator", "--data", str(shapes), "--output", str(tmp_path / "shapes-sd"), *tiny)
+    assert result.returncode != 0 and "--prompt-template" in result.stderr and "disc, square" in result.stderr
+    assert not (tmp_path / "shapes-sd").exists()
+
+
 def test_train_generator_then_feedback_loop_from_the_command_line(tmp_path):
     from tests.conftest import make_image_dataset
 
