@@ -5,8 +5,9 @@
 
 The judge must be a classifier the generator never used (the shipped figures use a ResNet18 trained from scratch
 on pbc-64: see the README for its command). For every guidance scale, ``--per-class`` text-to-image images of each
-class are generated (seeds 0, 1, ...) and judged; the report also gives the judge's accuracy on the real split and
-on the real split passed through the generator's VAE (the ceiling the VAE allows), and the PSNR of that round trip.
+class are generated (seeds 0, 1, ...) and judged; the report also gives the judge's accuracy on the real split, on
+the real split resized to the generator's size (what the resolution alone costs), and on it passed through the
+generator's VAE (the ceiling the VAE allows), and the PSNR of that round trip.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     truth = to_judge[real_labels]
     real_predictions, _ = judge_outputs(judge, real_images)
     round_trip_inputs, reconstructions = vae_round_trip(generator, real_images)
+    resized_predictions, _ = judge_outputs(judge, round_trip_inputs)  # what resizing alone costs, without the VAE
     reconstructed_predictions, _ = judge_outputs(judge, reconstructions)
     vae_ceiling = float((reconstructed_predictions == truth).mean())
     psnr = reconstruction_psnr(round_trip_inputs, reconstructions)
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         "generator": args.generator, "lora": args.lora, "judge": args.judge, "data": args.data, "split": args.split,
         "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
         "judge_per_class_on_real": per_class(real_predictions),
+        "judge_accuracy_on_real_at_generator_size": float((resized_predictions == truth).mean()),
+        "judge_per_class_on_real_at_generator_size": per_class(resized_predictions),
         "judge_accuracy_on_vae_reconstructions": vae_ceiling,
         "judge_per_class_on_vae_reconstructions": per_class(reconstructed_predictions),
         "vae_psnr_db": float(psnr.mean()),
