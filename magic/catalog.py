@@ -96,13 +96,15 @@ def available_catalogs() -> list[str]:
 
 
 def catalog_for_labels(label_names: Sequence[str]) -> Catalog | None:
-    """The first shipped catalog that names every one of ``label_names`` (a dataset's classes), or None."""
+    """The shipped catalog that names every one of ``label_names`` (a dataset's classes), the one with the fewest
+    conditions when several do (the most specific), or None."""
+    matches = []
     for name in available_catalogs():
         catalog = load_catalog(name)
         known = set().union(*(condition.names() for condition in catalog.conditions))
         if all(label.lower() in known or label.replace("_", " ").lower() in known for label in label_names):
-            return catalog
-    return None
+            matches.append(catalog)
+    return min(matches, key=lambda catalog: len(catalog.conditions), default=None)
 
 
 def load_catalog(name_or_path: str | os.PathLike) -> Catalog:

@@ -75,6 +75,8 @@ def test_a_dataset_class_list_finds_its_catalog_and_prompt_template():
     assert ham.name == "ham10000" and ham.prompt_template.format(name="melanoma") == \
         "a dermoscopy image of a melanoma skin lesion"
     assert catalog_for_labels(["ig", "Basophil", "platelet"]).name == "pbc"  # a subset, any case
+    # pad-ufes-20 (6 conditions), ham10000 (7) and fitzpatrick17k-magic20 (20) all name these: the most specific wins
+    assert catalog_for_labels(["melanoma", "basal_cell_carcinoma"]).name == "pad-ufes-20"
     assert catalog_for_labels(["basophil", "melanoma"]) is None  # no one catalog names both
     assert catalog_for_labels(["disc", "square"]) is None
 
