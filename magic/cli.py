@@ -465,7 +465,7 @@ def cmd_experiment_augment(args: argparse.Namespace) -> int:
     from .experiments import run_augment_experiment
 
     report = run_augment_experiment(args.config, args.output, fast=args.fast, report_only=args.report_only,
-                                    log=lambda message: print(message, file=sys.stderr))
+                                    seeds=args.seeds, log=lambda message: print(message, file=sys.stderr))
     output = Path(args.output)
     print(json.dumps({"output": str(output), "report": str(output / "report.md"), "runs": len(report["runs"]),
                       "ran": report["ran"], "skipped": report["skipped"], "missing": report["missing"],
@@ -782,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--report-only", action="store_true",
                          help="Generate and train nothing: write an interim report of the runs already saved in "
                               "OUTPUT/runs and list the planned runs still missing.")
+    augment.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                         help="Generate and train only these of the config's seeds in this call (a long experiment "
+                              "one seed at a time); the report covers every saved run and lists the rest as missing.")
     augment.set_defaults(func=cmd_experiment_augment)
 
     from .evaluation.cli import add_commands as add_evaluation_commands

@@ -353,6 +353,40 @@ def test_report_only_reports_the_finished_runs_and_lists_the_missing_ones(fast_r
         run_augment_experiment(CONFIG, empty, fast=True, report_only=True)
 
 
+def test_seeds_runs_only_those_seeds_and_lists_the_rest_as_missing(fast_run, workspace, monkeypatch, tmp_path):
+    import shutil
+
+    finished = sorted((workspace / "out" / "runs").glob("*.json"))
+    dropped = [next(path for path in finished if path.stem.endswith(f"__seed{seed}")) for seed in (0, 1)]
+    (tmp_path / "runs").mkdir()
+    for path in finished:
+        if path not in dropped:
+            (tmp_path / "runs" / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(workspace / "out" / "synthetic", tmp_path / "synthetic")  # the image cache: nothing to draw
+    trained = []
+    train = augment_module.train_classifier
+
+    def spy(config, train_dataset, val_dataset=None, log=None, sample_weights=None):
+        trained.append(config.seed)
+        return train(config, train_dataset, val_dataset, log=log, sample_weights=sample_weights)
+
+    monkeypatch.setattr(augment_module, "train_classifier", spy)
+    monkeypatch.chdir(workspace)
+    report = run_augment_experiment(CONFIG, tmp_path, fast=True, seeds=[0])
+    assert report["ran"] == 1 and trained == [0]  # only the seed-0 run that was missing
+    assert (tmp_path / "runs" / dropped[0].name).is_file() and not (tmp_path / "runs" / dropped[1].name).exists()
+    assert report["missing"] == [dropped[1].stem]
+    assert f"`{dropped[1].stem}`" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ConfigError, match=r"Seeds \[7\] are not among the config's seeds \[0, 1\]"):
+        run_augment_experiment(CONFIG, tmp_path, fast=True, seeds=[0, 7])
+    from magic.cli import main  # the command line resumes the other seed
+
+    assert main(["experiment", "augment", "--config", str(CONFIG), "--output", str(tmp_path), "--fast",
+                 "--seeds", "1"]) == 0
+    assert trained == [0, 1] and (tmp_path / "runs" / dropped[1].name).is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["missing"] == []
+
+
 def test_a_source_can_be_swept_over_its_own_counts():
     import yaml
 

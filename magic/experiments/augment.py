@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import datasets
@@ -204,9 +204,13 @@ def _finished(path: Path, run: RunSpec, train: TrainConfig, fast: bool) -> dict 
 
 def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, output_dir: str | os.PathLike,
                            fast: bool = False, log: Callable[[str], None] | None = None,
-                           report_only: bool = False) -> dict:
+                           report_only: bool = False, seeds: Sequence[int] | None = None) -> dict:
     """Run every planned run not already saved in ``output_dir/runs/``, then write ``report.json``, ``report.md``
     and the macro-F1 plot there. Returns the report (its ``ran`` and ``skipped`` count this call's work).
+
+    With ``seeds`` only the runs of those seeds (a subset of the config's) are generated and trained in this call, so
+    a long experiment can be run one seed at a time; the report covers every saved run and lists the others as
+    ``missing``.
 
     With ``report_only`` nothing is generated or trained: the report covers the runs already saved (an interim
     report of a long experiment) and lists the planned runs still ``missing``."""
@@ -220,6 +224,11 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
     (output / "runs").mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps({"fast": fast, **config.to_dict()}, indent=1) + "\n")
 
+    if seeds is not None:
+        unknown = sorted(set(seeds) - set(config.seeds))
+        if unknown or not seeds:
+            raise ConfigError(f"Seeds {unknown or list(seeds)} are not among the config's seeds {config.seeds}; "
+                              "pass some of those (or none, for all).")
     experiment = _Experiment(config, output, log)
     plan = plan_runs(config)
     results: dict[str, dict] = {}
@@ -236,6 +245,9 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
             raise ValueError(f"{output / 'runs'} holds no finished run of this config to report on; run the "
                              "experiment without report_only (--report-only) first.")
         missing, pending = [run.run_id for run in pending], []
+    elif seeds is not None:
+        missing = [run.run_id for run in pending if run.seed not in seeds]
+        pending = [run for run in pending if run.seed in seeds]
     experiment.prepare_sources(pending)
     for number, run in enumerate(pending, 1):
         log(f"run {number}/{len(pending)}: {run.run_id}")
