@@ -387,6 +387,28 @@ def test_seeds_runs_only_those_seeds_and_lists_the_rest_as_missing(fast_run, wor
     assert json.loads((tmp_path / "report.json").read_text())["missing"] == []
 
 
+def test_gains_are_paired_by_seed_so_an_interim_report_compares_like_with_like():
+    from magic.experiments.report import summarise, target_check
+
+    def run(kind, condition, seed, macro_f1):
+        return {"classifier": "c", "kind": kind, "source": None if kind != "synthetic" else condition,
+                "condition": condition, "per_class": 0 if kind != "synthetic" else 500, "share": None, "seed": seed,
+                "train_images": {"added": 0}, "test": {"accuracy": macro_f1, "macro_f1": macro_f1}}
+
+    runs = [run("real-only", "real-only", seed, value) for seed, value in ((0, 0.70), (1, 0.74), (2, 0.60))]
+    runs += [run("synthetic", "+a", 0, 0.78), run("synthetic", "+a", 1, 0.82)]  # seed 2 not run yet
+    runs += [run("synthetic", "+b", seed, value) for seed, value in ((0, 0.76), (1, 0.80), (2, 0.69))]
+    runs += [run("classic-augmentation", "classic-augmentation", seed, 0.72) for seed in (0, 1, 2)]
+    rows = {row["condition"]: row for row in summarise(runs)}
+    assert rows["+a"]["seeds"] == [0, 1] and rows["+a"]["macro_f1"]["mean"] == pytest.approx(0.80)
+    assert rows["+a"]["delta_macro_f1"] == pytest.approx(0.08)  # paired; the means would say 0.80 - 0.68 = 0.12
+    assert rows["+b"]["delta_macro_f1"] == pytest.approx(0.07)  # every seed: the difference of the means
+    assert rows["real-only"]["delta_macro_f1"] == 0.0
+    check = target_check(list(rows.values()))["c"]
+    assert check["best"].startswith("+a") and check["macro_f1_gain_over_real_only"] == pytest.approx(0.08)
+    assert check["macro_f1_gain_over_classic"] == pytest.approx(0.08) and not check["met"]
+
+
 def test_a_source_can_be_swept_over_its_own_counts():
     import yaml
 
