@@ -129,6 +129,11 @@ def test_a_person_runs_the_feedback_loop_and_sees_scores_per_round(app_url, page
     panel.get_by_text("Evaluator feedback loop (MAGIC)").click()
     expect(panel.get_by_label("classifier", exact=True)).to_be_visible()  # the other source of feedback
     expect(panel.get_by_label("checklist evaluator", exact=True)).to_be_checked()  # the paper's, by default
+    for slider, value in (("Rounds", "1"), ("Images per round", "4")):  # a quick first try
+        box = panel.get_by_label(f"number input for {slider}", exact=True)
+        box.fill(value)
+        box.press("Enter")
+        expect(box).to_have_value(value)
     panel.get_by_role("button", name="Generate with feedback").click()
     expect(panel.get_by_text(re.compile(r"seed \d+ · \d/5 criteria$")).first).to_be_attached(timeout=240_000)
     expect(panel.get_by_text("evaluator_mean_score").first).to_be_visible()  # the per-round reports

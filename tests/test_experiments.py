@@ -527,11 +527,12 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
 def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "magic", "experiment", "augment", "--config", str(CONFIG),
-                           "--output", "cli-out", "--fast"], cwd=workspace, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "--output", "cli-out", "--fast", "--seeds", "0"], cwd=workspace, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["runs"] == summary["ran"] == 14 and summary["fast"] is True
+    assert summary["runs"] == summary["ran"] == 7 and summary["fast"] is True
+    assert len(summary["missing"]) == 7 and all(run_id.endswith("__seed1") for run_id in summary["missing"])
     assert len(summary["conditions"]) == 7
     out = workspace / "cli-out"
     assert (out / "report.md").is_file() and (out / "macro_f1_vs_synthetic.png").is_file()
