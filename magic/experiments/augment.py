@@ -219,16 +219,16 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
         config = load_config(config)
     if fast:
         config = config.with_fast_caps()
-    log = log or (lambda message: None)
-    output = Path(output_dir)
-    (output / "runs").mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps({"fast": fast, **config.to_dict()}, indent=1) + "\n")
-
     if seeds is not None:
         unknown = sorted(set(seeds) - set(config.seeds))
         if unknown or not seeds:
             raise ConfigError(f"Seeds {unknown or list(seeds)} are not among the config's seeds {config.seeds}; "
                               "pass some of those (or none, for all).")
+    log = log or (lambda message: None)
+    output = Path(output_dir)
+    (output / "runs").mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps({"fast": fast, **config.to_dict()}, indent=1) + "\n")
+
     experiment = _Experiment(config, output, log)
     plan = plan_runs(config)
     results: dict[str, dict] = {}
@@ -239,15 +239,11 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
             pending.append(run)
         else:
             results[run.run_id] = record
-    missing = []
-    if report_only:
-        if not results:
-            raise ValueError(f"{output / 'runs'} holds no finished run of this config to report on; run the "
-                             "experiment without report_only (--report-only) first.")
-        missing, pending = [run.run_id for run in pending], []
-    elif seeds is not None:
-        missing = [run.run_id for run in pending if run.seed not in seeds]
-        pending = [run for run in pending if run.seed in seeds]
+    if report_only and not results:
+        raise ValueError(f"{output / 'runs'} holds no finished run of this config to report on; run the "
+                         "experiment without report_only (--report-only) first.")
+    now = [run for run in pending if not report_only and (seeds is None or run.seed in seeds)]
+    missing, pending = [run.run_id for run in pending if run not in now], now
     experiment.prepare_sources(pending)
     for number, run in enumerate(pending, 1):
         log(f"run {number}/{len(pending)}: {run.run_id}")
