@@ -84,6 +84,12 @@ def test_train_generator_takes_the_prompt_from_the_catalog_or_asks_for_one(tmp_p
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "skin-sd" / "magic_generator.json").read_text())
     assert info["prompt_template"] == "a dermoscopy image of a {name} skin lesion"
+    # the feedback loop judges a skin-lesion generator by the skin-lesion checklists without being told
+    result = run_cli("feedback-loop", "--generator", str(tmp_path / "skin-sd"), "--rounds", "0",
+                     "--eval-per-condition", "1", "--steps", "1", "--output", str(tmp_path / "loop"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "loop" / "report.json").read_text())
+    assert report["config"]["catalog"] == "ham10000" and len(report["rounds"]) == 1
 
     shapes = make_image_dataset(tmp_path / "shapes", {"train": [2, 2]}, names=["disc", "square"])
     result = run_cli("train-generator", "--data", str(shapes), "--output", str(tmp_path / "shapes-sd"), *tiny)

@@ -179,6 +179,9 @@ def test_loop_refuses_conditions_the_generator_does_not_know(pipeline_dir):
     with pytest.raises(ValueError, match="not trained on"):
         run_feedback_loop(Generator.from_pretrained(pipeline_dir), load_evaluator("embedded"),
                           FeedbackLoopConfig(conditions=["dragon"], rounds=0, samples_per_condition=2))
+    with pytest.raises(ValueError, match="Catalog 'ham10000' has no checklist for \\['basophil'"):
+        run_feedback_loop(Generator.from_pretrained(pipeline_dir), load_evaluator("embedded"),
+                          FeedbackLoopConfig(catalog="ham10000", rounds=0, samples_per_condition=2))
     with pytest.raises(ValueError, match="even"):
         FeedbackLoopConfig(samples_per_condition=3)
 

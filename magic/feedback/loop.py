@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..catalog import Catalog, load_catalog
 from ..classifiers.model import ImageClassifier
 from ..evaluation.base import Evaluator
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, make_pairs, save_preferences
@@ -184,7 +185,13 @@ def run_feedback_loop(
     if judge is not None and any(_same_weights(member, judge) for member in optimised):
         raise ValueError("The judge is the classifier the loop optimises; the loop would only please its own judge. "
                          "Measure with another classifier (--judge), trained separately.")
-    checklists = {condition: Checklist.from_catalog(config.catalog, condition) for condition in conditions}
+    catalog = load_catalog(config.catalog)
+    unnamed = [c for c in conditions if not _in_catalog(catalog, c)]
+    if unnamed:
+        raise ValueError(f"Catalog {catalog.name!r} has no checklist for {unnamed} (its conditions are "
+                         f"{catalog.ids}); choose the catalog that names the generator's classes "
+                         "(magic.catalog.catalog_for_labels).")
+    checklists = {condition: Checklist.from_catalog(catalog, condition) for condition in conditions}
     folder = Path(output) if output is not None else None
     reports = []
     report, images, labels, verdicts = _measure(generator, evaluator, checklists, config, judge, heldout, 0)
@@ -250,3 +257,11 @@ def _write_outputs(folder: Path, lora_folder: Path, generator: Generator, evalua
     report = {"config": config.to_dict(), "generator": generator.model_id, "evaluator": evaluator.backend_id,
               "rounds": [r.to_dict() for r in reports]}
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _in_catalog(catalog: Catalog, condition: str) -> bool:
+    try:
+        catalog.get(condition)
+    except KeyError:
+        return False
+    return True
