@@ -25,6 +25,7 @@ from magic.experiments.mixing import INDEX_COLUMN, ORIGIN_COLUMN, extra_real, re
 from magic.experiments.synthetic import source_pool
 from magic.generation import GenerationSettings, Generator, GeneratorInfo, TinySDConfig, build_pipeline
 from tests.conftest import TINY_CLASSES, make_image_dataset
+from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "experiments" / "fast.yaml"
@@ -546,8 +547,7 @@ def test_cli_runs_fast_mode_end_to_end(fast_run, workspace):
     for a, b in zip(ours, theirs):
         difference = np.abs(np.asarray(a["image"], dtype=np.int16) - np.asarray(b["image"], dtype=np.int16))
         assert difference.max() <= 2, difference.max()
-    bad = subprocess.run([sys.executable, "-m", "magic", "experiment", "augment", "--config", str(CONFIG),
-                          "--output", "cli-out"], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+    bad = run_cli("experiment", "augment", "--config", str(CONFIG), "--output", "cli-out", cwd=workspace)
     assert bad.returncode == 2 and "other settings" in bad.stderr
 
 

@@ -1,8 +1,6 @@
 """Expert labels and the evaluator's agreement with them (Cohen's kappa per checklist item)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from sklearn.metrics import cohen_kappa_score
@@ -16,6 +14,7 @@ from magic.evaluation.experts import (
     save_expert_labels,
 )
 from scripts.make_examples import _cell
+from tests.test_cli import run_cli
 
 
 def test_kappa_per_item_matches_sklearn_and_handles_constant_items():
@@ -51,6 +50,6 @@ def test_embedded_evaluator_against_expert_labels_from_the_cli(tmp_path):
     expected = [evaluator.evaluate(str(tmp_path / label.image), Checklist.from_catalog("pbc", label.condition)).scores
                 for label in labels]
     assert [pair["evaluator"] for pair in result.pairs] == expected and result.version_mismatches == 4
-    out = subprocess.run([sys.executable, "-m", "magic", "expert-agreement", "--labels", str(path), "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    assert json.loads(out.strip().splitlines()[-1])["agreement"] == result.agreement
+    done = run_cli("expert-agreement", "--labels", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["agreement"] == result.agreement

@@ -15,6 +15,7 @@ from magic.classifiers import load_classifier
 from magic.data import load_image_dataset
 from magic.generation.filtering import SCORES_FOLDER, FilterConfig, ImageFilter, cached_scores
 from tests.conftest import TINY_CLASSES
+from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,6 @@ def test_filter_dataset_writes_a_hub_shaped_dataset_of_the_kept_rows_with_their_
                            str(threshold)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["kept"] == len(kept)
-    missing = subprocess.run([sys.executable, "-m", "magic", "filter-dataset", "--data", generated_dataset,
-                              "--output", str(tmp_path / "bad"), "--evaluator", "embedded"],
-                             capture_output=True, text=True, env=env, timeout=300)
+    missing = run_cli("filter-dataset", "--data", generated_dataset, "--output", str(tmp_path / "bad"),
+                      "--evaluator", "embedded")
     assert missing.returncode != 0 and "needs `catalog`" in missing.stderr
