@@ -199,18 +199,6 @@ def _catalog_prompt_template(names: list[str], data: str) -> str:
     return catalog.prompt_template
 
 
-def _generator_catalog(generator, name: str) -> str:
-    """The shipped catalog that names every class the generator was trained on."""
-    from .catalog import catalog_for_labels
-
-    labels = list(generator.info.label_names) if generator.info is not None else []
-    catalog = catalog_for_labels(labels) if labels else None
-    if catalog is None:
-        raise ValueError(f"No shipped catalog names every class of {name} ({', '.join(labels) or 'no classes'}): "
-                         "give --catalog (a shipped name or a catalog YAML with a checklist per class).")
-    return catalog.name
-
-
 def _cuda() -> bool:
     import torch
 
@@ -390,8 +378,7 @@ def cmd_feedback_loop(args: argparse.Namespace) -> int:
                                 lr=args.lr, beta=args.beta, anchor_weight=args.anchor_weight,
                                 gradient_checkpointing=args.gradient_checkpointing)
     config = FeedbackLoopConfig(
-        catalog=args.catalog or _generator_catalog(generator, args.generator), rounds=args.rounds,
-        samples_per_condition=args.samples_per_condition,
+        catalog=args.catalog, rounds=args.rounds, samples_per_condition=args.samples_per_condition,
         eval_per_condition=args.eval_per_condition, steps=args.steps, guidance=args.guidance, seed=args.seed,
         conditions=[c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else [],
         train=train)
@@ -509,6 +496,7 @@ def _add_vae_loss_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .classifiers import TrainConfig
+    from .feedback.loop import FeedbackLoopConfig
     from .feedback.tuning import FeedbackTrainConfig
     from .narratives.dataset import NarrativeDatasetConfig
     from .narratives.ham import HamNarrativeConfig
@@ -685,8 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--judge", default=None, help="Held-out classifier: share of images judged to be the "
                       "requested class, per round. Must not be the evaluator.")
     loop.add_argument("--heldout-evaluator", default=None, help="A second evaluator spec that only measures.")
-    loop.add_argument("--catalog", default="", help="Catalog whose checklists judge the images (default: the "
-                      "shipped catalog that names every class of the generator, e.g. ham10000 for a skin-lesion one).")
+    loop.add_argument("--catalog", default="", help=FeedbackLoopConfig.__dataclass_fields__["catalog"].metadata["help"])
     loop.add_argument("--conditions", default="", help="Comma-separated conditions (default: all the generator's).")
     loop.add_argument("--rounds", type=int, default=3)
     loop.add_argument("--samples-per-condition", type=int, default=16, help="Images judged and paired per round.")

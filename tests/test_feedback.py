@@ -155,6 +155,8 @@ def test_feedback_loop_reports_each_round_and_its_lora_round_trips(pipeline_dir,
     from magic.publish import check_publishable
 
     assert check_publishable(tmp_path / "loop" / "lora") == "model"  # carded: publishable as it is
+    # no catalog given: the one that names the generator's classes judged them, and the report says which
+    assert json.loads((tmp_path / "loop" / "report.json").read_text())["config"]["catalog"] == "pbc"
     # every round's LoRA is kept (pick another round, or resume from it); the last one is lora/
     from safetensors.torch import load_file
 
@@ -182,6 +184,10 @@ def test_loop_refuses_conditions_the_generator_does_not_know(pipeline_dir):
     with pytest.raises(ValueError, match="Catalog 'ham10000' has no checklist for \\['basophil'"):
         run_feedback_loop(Generator.from_pretrained(pipeline_dir), load_evaluator("embedded"),
                           FeedbackLoopConfig(catalog="ham10000", rounds=0, samples_per_condition=2))
+    shapes = Generator.from_pretrained(pipeline_dir)
+    shapes.info = GeneratorInfo(label_names=["disc", "square"], prompt_template="a {name} shape")
+    with pytest.raises(ValueError, match="No shipped catalog names every class .*disc, square.*--catalog"):
+        run_feedback_loop(shapes, load_evaluator("embedded"), FeedbackLoopConfig(rounds=0, samples_per_condition=2))
     with pytest.raises(ValueError, match="even"):
         FeedbackLoopConfig(samples_per_condition=3)
 

@@ -12,14 +12,14 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..catalog import Catalog, load_catalog
+from ..catalog import Catalog, catalog_for_labels, load_catalog
 from ..classifiers.model import ImageClassifier
 from ..evaluation.base import Evaluator
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, make_pairs, save_preferences
@@ -35,7 +35,9 @@ TRAIN_SEED_OFFSET = 1_000_000  # training samples never reuse the measurement se
 class FeedbackLoopConfig:
     """Settings of a feedback loop."""
 
-    catalog: str = field(default="pbc", metadata={"help": "Condition catalog whose checklists judge the images."})
+    catalog: str = field(default="", metadata={
+        "help": "Condition catalog whose checklists judge the images (a shipped name or a YAML path; default: the "
+                "shipped catalog that names every class of the generator, e.g. ham10000 for a skin-lesion one)."})
     conditions: list[str] = field(default_factory=list, metadata={
         "help": "Conditions to improve (default: every class the generator was trained on)."})
     rounds: int = field(default=3, metadata={"help": "Fine-tuning rounds (round 0 is the untouched generator)."})
@@ -185,7 +187,13 @@ def run_feedback_loop(
     if judge is not None and any(_same_weights(member, judge) for member in optimised):
         raise ValueError("The judge is the classifier the loop optimises; the loop would only please its own judge. "
                          "Measure with another classifier (--judge), trained separately.")
-    catalog = load_catalog(config.catalog)
+    catalog = load_catalog(config.catalog) if config.catalog else catalog_for_labels(generator.info.label_names)
+    if catalog is None:
+        raise ValueError(f"No shipped catalog names every class of {generator.model_id or 'the generator'} "
+                         f"({', '.join(generator.info.label_names)}); set the config's catalog (--catalog) to a "
+                         "catalog YAML with a checklist per class.")
+    if not config.catalog:  # the report and the LoRA's card name the catalog used
+        config = replace(config, catalog=catalog.name)
     unnamed = [c for c in conditions if not _in_catalog(catalog, c)]
     if unnamed:
         raise ValueError(f"Catalog {catalog.name!r} has no checklist for {unnamed} (its conditions are "
