@@ -64,13 +64,17 @@ class Catalog:
     def ids(self) -> list[str]:
         return [condition.id for condition in self.conditions]
 
-    def get(self, name: str) -> Condition:
-        """A condition by id, display name, dataset label or synonym (case-insensitive)."""
+    def find(self, name: str) -> Condition | None:
+        """A condition by id, display name, dataset label or synonym (case-insensitive), or None."""
         wanted = name.strip().lower()
-        for condition in self.conditions:
-            if wanted in condition.names():
-                return condition
-        raise KeyError(f"{name!r} is not in catalog {self.name!r}; its conditions are {self.ids}.")
+        return next((condition for condition in self.conditions if wanted in condition.names()), None)
+
+    def get(self, name: str) -> Condition:
+        """``find``, raising KeyError (with the catalog's ids) when no condition answers to ``name``."""
+        condition = self.find(name)
+        if condition is None:
+            raise KeyError(f"{name!r} is not in catalog {self.name!r}; its conditions are {self.ids}.")
+        return condition
 
     def checklist(self, name: str, skin_tone: str | None = None) -> list[str]:
         """The condition's checklist as ``"Label: sentence"`` items in criterion order.

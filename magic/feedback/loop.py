@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..catalog import Catalog, catalog_for_labels, load_catalog
+from ..catalog import catalog_for_labels, load_catalog
 from ..classifiers.model import ImageClassifier
 from ..evaluation.base import Evaluator
 from ..evaluation.preferences import BOTH_LOSE, BOTH_WIN, make_pairs, save_preferences
@@ -194,7 +194,7 @@ def run_feedback_loop(
                          "catalog YAML with a checklist per class.")
     if not config.catalog:  # the report and the LoRA's card name the catalog used
         config = replace(config, catalog=catalog.name)
-    unnamed = [c for c in conditions if not _in_catalog(catalog, c)]
+    unnamed = [c for c in conditions if catalog.find(c) is None]
     if unnamed:
         raise ValueError(f"Catalog {catalog.name!r} has no checklist for {unnamed} (its conditions are "
                          f"{catalog.ids}); choose the catalog that names the generator's classes "
@@ -265,11 +265,3 @@ def _write_outputs(folder: Path, lora_folder: Path, generator: Generator, evalua
     report = {"config": config.to_dict(), "generator": generator.model_id, "evaluator": evaluator.backend_id,
               "rounds": [r.to_dict() for r in reports]}
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-
-
-def _in_catalog(catalog: Catalog, condition: str) -> bool:
-    try:
-        catalog.get(condition)
-    except KeyError:
-        return False
-    return True
