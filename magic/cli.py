@@ -673,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--judge", default=None, help="Held-out classifier: share of images judged to be the "
                       "requested class, per round. Must not be the evaluator.")
     loop.add_argument("--heldout-evaluator", default=None, help="A second evaluator spec that only measures.")
-    loop.add_argument("--catalog", default="", help=FeedbackLoopConfig.__dataclass_fields__["catalog"].metadata["help"])
+    loop.add_argument("--catalog", default=FeedbackLoopConfig.catalog,
+                      help=FeedbackLoopConfig.__dataclass_fields__["catalog"].metadata["help"])
     loop.add_argument("--conditions", default="", help="Comma-separated conditions (default: all the generator's).")
     loop.add_argument("--rounds", type=int, default=3)
     loop.add_argument("--samples-per-condition", type=int, default=16, help="Images judged and paired per round.")
