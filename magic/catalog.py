@@ -65,9 +65,11 @@ class Catalog:
         return [condition.id for condition in self.conditions]
 
     def find(self, name: str) -> Condition | None:
-        """A condition by id, display name, dataset label or synonym (case-insensitive), or None."""
+        """A condition by id, display name, dataset label or synonym (case-insensitive; an underscore may stand for
+        a space, as in dataset labels such as ``actinic_keratoses``), or None."""
         wanted = name.strip().lower()
-        return next((condition for condition in self.conditions if wanted in condition.names()), None)
+        return next((condition for condition in self.conditions
+                     if wanted in condition.names() or wanted.replace("_", " ") in condition.names()), None)
 
     def get(self, name: str) -> Condition:
         """``find``, raising KeyError (with the catalog's ids) when no condition answers to ``name``."""
@@ -105,8 +107,7 @@ def catalog_for_labels(label_names: Sequence[str]) -> Catalog | None:
     matches = []
     for name in available_catalogs():
         catalog = load_catalog(name)
-        known = set().union(*(condition.names() for condition in catalog.conditions))
-        if all(label.lower() in known or label.replace("_", " ").lower() in known for label in label_names):
+        if all(catalog.find(label) is not None for label in label_names):
             matches.append(catalog)
     return min(matches, key=lambda catalog: len(catalog.conditions), default=None)
 

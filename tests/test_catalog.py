@@ -45,6 +45,18 @@ def test_lookup_by_synonym_and_skin_tone_variant():
         catalog.get("common cold")
 
 
+def test_a_label_with_underscores_for_spaces_finds_the_catalog_and_its_condition():
+    """Dataset labels write spaces as underscores ("actinic_keratoses" for the synonym "actinic keratoses"): the
+    catalog chosen for such labels must also answer to them."""
+    labels = ["actinic_keratoses", "Basal_Cell_Carcinomas", "melanoma"]
+    catalog = catalog_for_labels(labels)
+    assert catalog is not None and catalog.name == "ham10000"
+    assert catalog.get("actinic_keratoses") is catalog.get("actinic keratoses") is catalog.get("akiec")
+    assert catalog.get("Basal_Cell_Carcinomas") is catalog.get("bcc")
+    with pytest.raises(KeyError, match="not in catalog"):
+        catalog.get("common_cold")
+
+
 def _write(tmp_path, data):
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(data))
