@@ -35,6 +35,7 @@ from magic.evaluation.fidelity import (  # noqa: E402
 )
 from magic.generation import GenerationSettings, Generator  # noqa: E402
 from magic.generation.adapters import load_lora  # noqa: E402
+from magic.generation.class_loras import find_class_loras  # noqa: E402
 
 
 @torch.inference_mode()
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--generator", required=True, help="Pipeline folder or model id.")
     parser.add_argument("--lora", default=None, help="A LoRA folder to load into the generator first (e.g. the "
                         "feedback loop's runs/feedback/lora).")
+    parser.add_argument("--class-loras", default=None, help="A folder of per-class LoRAs (FOLDER/CLASS, as "
+                        "train-class-loras writes them): each class that has one is drawn with it.")
     parser.add_argument("--judge", required=True, help="Classifier folder or id (not used to train the generator).")
     parser.add_argument("--data", required=True, help="Real dataset with the same classes.")
     parser.add_argument("--split", default="test")
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     judge = load_classifier(args.judge, device=generator.device)
     real = load_image_dataset(args.data, split=args.split)
     names = real.features["label"].names
+    class_loras = find_class_loras(args.class_loras, names) if args.class_loras else None
     template = args.prompt_template or (generator.info.prompt_template if generator.info else None)
     if template is None:
         parser.error("The generator has no magic_generator.json; pass --prompt-template.")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings = GenerationSettings(steps=args.steps, guidance=guidance, seed=0)
         started = time.perf_counter()
         images, requested = generate_per_class(generator, names, template, args.per_class, settings,
-                                               batch_size=args.batch_size)
+                                               batch_size=args.batch_size, class_loras=class_loras)
         seconds = time.perf_counter() - started
         report = class_fidelity(images, requested, judge, real_images, real_labels, names)
         runs.append({"guidance": guidance, "steps": args.steps, "generation_seconds": round(seconds, 1),
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.save_grid and guidance == args.guidance[-1]:
             _save_grid(images, requested, len(names), args.save_grid)
     result = {
-        "generator": args.generator, "lora": args.lora, "judge": args.judge, "data": args.data, "split": args.split,
+        "generator": args.generator, "lora": args.lora, "class_loras": args.class_loras, "judge": args.judge,
+        "data": args.data, "split": args.split,
         "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
         "judge_per_class_on_real": per_class(real_predictions),
         "judge_accuracy_on_real_at_generator_size": float((resized_predictions == truth).mean()),

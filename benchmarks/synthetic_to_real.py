@@ -37,6 +37,7 @@ from magic.data.subsets import k_shot  # noqa: E402
 from magic.evaluation.fidelity import generate_per_class  # noqa: E402
 from magic.generation import GenerationSettings, Generator  # noqa: E402
 from magic.generation.adapters import load_lora  # noqa: E402
+from magic.generation.class_loras import find_class_loras  # noqa: E402
 
 
 def as_dataset(images: list[Image.Image], labels: list[int], names: list[str]) -> datasets.Dataset:
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", required=True, help="Pipeline folder or model id.")
     parser.add_argument("--lora", default=None, help="A LoRA folder or id to load into the generator first.")
+    parser.add_argument("--class-loras", default=None, help="A folder of per-class LoRAs (FOLDER/CLASS, as "
+                        "train-class-loras writes them): each class that has one is drawn with it.")
     parser.add_argument("--data", required=True, help="Real dataset with the generator's classes (train + test).")
     parser.add_argument("--split", default="test", help="The real split the classifiers are tested on.")
     parser.add_argument("--per-class", type=int, default=128)
@@ -96,12 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"The generator does not draw the test split's classes {missing}.")
     if args.lora:
         load_lora(generator.pipeline, args.lora)
+    class_loras = find_class_loras(args.class_loras, names) if args.class_loras else None
 
     arms = []
     for guidance in args.guidance:
         started = time.perf_counter()
         images, labels = generate_per_class(generator, names, generator.info.prompt_template, args.per_class,
-                                            GenerationSettings(steps=args.steps, guidance=guidance, seed=0))
+                                            GenerationSettings(steps=args.steps, guidance=guidance, seed=0),
+                                            class_loras=class_loras)
         seconds = time.perf_counter() - started
         synthetic = as_dataset(images, labels, names)
         arms.append({"train_on": "synthetic", "guidance": guidance, "steps": args.steps,
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.real_reference:
         real = k_shot(load_image_dataset(args.data, split="train"), args.per_class, seed=0)
         arms.append({"train_on": "real", **summarise([train_and_test(real, test, args, seed) for seed in args.seeds])})
-    result = {"generator": args.generator, "lora": args.lora, "data": args.data, "split": args.split,
+    result = {"generator": args.generator, "lora": args.lora, "class_loras": args.class_loras, "data": args.data,
+              "split": args.split,
               "per_class": args.per_class, "architecture": args.architecture, "image_size": args.image_size,
               "epochs": args.epochs, "arms": arms, "device": str(generator.device),
               "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}

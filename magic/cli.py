@@ -246,11 +246,9 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
         if args.mode != "count" or args.lora or args.limit:
             raise ValueError("--class-loras draws text-to-image images per class (count mode) and does not combine "
                              "with --lora or --limit.")
-        from .generation.class_loras import generate_with_class_loras
-        from .hub import LORA_WEIGHTS
+        from .generation.class_loras import find_class_loras, generate_with_class_loras
 
-        loras = {name: Path(args.class_loras) / name for name in names
-                 if (Path(args.class_loras) / name / LORA_WEIGHTS).is_file()}
+        loras = find_class_loras(args.class_loras, names)
         written = generate_with_class_loras(generator, jobs, args.output, names, settings, loras,
                                             shard_size=args.shard_size, batch_size=args.batch_size)
     else:

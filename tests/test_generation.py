@@ -342,6 +342,50 @@ def test_class_loras_are_learnt_per_class_and_draw_that_classs_images(pipeline_d
     assert not np.array_equal(np.asarray(plain), np.asarray(again))  # the LoRA changed the image
 
 
+def test_per_class_sampling_draws_each_class_with_its_own_lora_on_top_of_a_loaded_one(pipeline_dir, shapes,
+                                                                                       tmp_path):
+    """The fidelity benchmarks' sampler: a class with a LoRA is drawn as the pipeline with that LoRA loaded would
+    draw it, the other classes and the generator itself stay as they were, and a LoRA already loaded stays on."""
+    from magic.evaluation.fidelity import generate_per_class
+    from magic.generation.class_loras import find_class_loras
+
+    images, prompts = shapes
+    for name, seed in (("disc", 3), ("base", 4)):
+        clone = Generator.from_pretrained(pipeline_dir)
+        train_denoiser(clone.pipeline, images, prompts, DenoiserTrainConfig(method="lora", lora_rank=4, steps=3,
+                                                                            batch_size=4, lr=5e-2, seed=seed))
+        save_lora(clone.pipeline, tmp_path / name)
+    loras = find_class_loras(tmp_path, ["disc", "square"])
+    assert loras == {"disc": tmp_path / "disc"}
+
+    def alone(lora_folders: list[Path], prompt: str) -> list:
+        generator = Generator.from_pretrained(pipeline_dir)
+        for i, folder in enumerate(lora_folders):
+            load_lora(generator.pipeline, folder, adapter_name=f"lora-{i}")
+        if lora_folders:
+            generator.pipeline.set_adapters([f"lora-{i}" for i in range(len(lora_folders))])
+        return generator.text_to_image(prompt, FAST, num_images=2)
+
+    generator = Generator.from_pretrained(pipeline_dir)
+    drawn, labels = generate_per_class(generator, ["disc", "square"], "a {name} shape", 2, FAST, class_loras=loras)
+    assert labels == [0, 0, 1, 1]
+    assert _same(drawn[:2], alone([tmp_path / "disc"], "a disc shape"))
+    assert not _same(drawn[:2], alone([], "a disc shape"))
+    assert _same(drawn[2:], alone([], "a square shape"))
+    assert _same(generator.text_to_image("a disc shape", FAST, num_images=2), alone([], "a disc shape"))
+
+    load_lora(generator.pipeline, tmp_path / "base")
+    stacked, _ = generate_per_class(generator, ["disc", "square"], "a {name} shape", 2, FAST, class_loras=loras)
+    assert _same(stacked[:2], alone([tmp_path / "base", tmp_path / "disc"], "a disc shape"))
+    assert _same(stacked[2:], alone([tmp_path / "base"], "a square shape"))
+    with pytest.raises(ValueError, match="not among the classes"):
+        generate_per_class(generator, ["square"], "a {name} shape", 1, FAST, class_loras=loras)
+    with pytest.raises(ValueError, match="none of the classes"):
+        find_class_loras(tmp_path, ["cross"])
+    with pytest.raises(FileNotFoundError, match="not a folder of class LoRAs"):
+        find_class_loras(tmp_path / "missing", ["disc"])
+
+
 def test_class_loras_refuse_a_class_without_real_images(pipeline_dir, tiny_dataset, tmp_path):
     from magic.data import load_image_dataset
     from magic.generation.class_loras import ClassLoRAConfig, train_class_loras

@@ -9,7 +9,8 @@ Two figures, both from one held-out judge classifier that the generator never sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -125,17 +126,32 @@ def class_fidelity(
 
 
 def generate_per_class(generator, class_names: Sequence[str], prompt_template: str, per_class: int,
-                       settings, batch_size: int = 64) -> tuple[list[Image.Image], list[int]]:
-    """``per_class`` text-to-image samples of every class (seeds ``settings.seed``, ``+1``, ...), in class order."""
-    from ..generation import GenerationSettings
+                       settings, batch_size: int = 64, class_loras: Mapping[str, str | os.PathLike] | None = None
+                       ) -> tuple[list[Image.Image], list[int]]:
+    """``per_class`` text-to-image samples of every class (seeds ``settings.seed``, ``+1``, ...), in class order.
 
+    A class named in ``class_loras`` is drawn with its own LoRA loaded on a clone of ``generator`` (CytoDiff's
+    per-class adaptation), on top of any LoRA ``generator`` already has; the others by ``generator`` itself."""
+    from ..generation import GenerationSettings
+    from ..generation.adapters import load_lora
+
+    class_loras = dict(class_loras or {})
+    unknown = sorted(set(class_loras) - set(class_names))
+    if unknown:
+        raise ValueError(f"class_loras names {unknown}, which are not among the classes {list(class_names)}.")
     images, labels = [], []
     for label, name in enumerate(tqdm(class_names, desc="generate per class", unit="class")):
+        drawer = generator
+        if name in class_loras:
+            drawer = generator.clone()
+            loaded = list(getattr(drawer.pipeline.unet, "peft_config", None) or {})  # e.g. a feedback LoRA
+            load_lora(drawer.pipeline, class_loras[name], adapter_name="class-lora")
+            drawer.pipeline.set_adapters(loaded + ["class-lora"])  # on top of, not instead of, what was loaded
         prompt = prompt_template.format(name=name.replace("_", " "))
         for start in range(0, per_class, batch_size):
             count = min(batch_size, per_class - start)
             batch_settings = GenerationSettings(steps=settings.steps, guidance=settings.guidance,
                                                 strength=settings.strength, seed=settings.seed + start)
-            images += generator.text_to_image(prompt, batch_settings, num_images=count)
+            images += drawer.text_to_image(prompt, batch_settings, num_images=count)
             labels += [label] * count
     return images, labels

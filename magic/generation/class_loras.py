@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from ..hub import LORA_WEIGHTS
 from .adapters import load_lora, save_lora
 from .dataset import Job, completed_jobs, generate_dataset
 from .generator import GenerationSettings, Generator
@@ -107,6 +108,20 @@ def train_class_loras(
             del clone
         folders[name] = folder
     return folders
+
+
+def find_class_loras(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str, Path]:
+    """The finished LoRA folders ``folder/CLASS`` (as ``train_class_loras`` writes them) of those ``classes`` that
+    have one; raises when ``folder`` is not a folder or holds none of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of class LoRAs (FOLDER/CLASS, as train-class-loras "
+                                "writes them).")
+    found = {name: folder / name for name in classes if (folder / name / LORA_WEIGHTS).is_file()}
+    if not found:
+        raise ValueError(f"{folder} holds a LoRA for none of the classes {list(classes)}; train them with "
+                         "python -m magic train-class-loras --output FOLDER.")
+    return found
 
 
 def generate_with_class_loras(
