@@ -492,13 +492,13 @@ def _add_vae_loss_arguments(parser: argparse.ArgumentParser) -> None:
                             default=fields[name].default, help=fields[name].metadata["help"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .classifiers import TrainConfig
-    from .feedback.loop import FeedbackLoopConfig
-    from .feedback.tuning import FeedbackTrainConfig
-    from .narratives.dataset import NarrativeDatasetConfig
-    from .narratives.ham import HamNarrativeConfig
-    from .narratives.train import NarrativeTrainConfig
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``python -m magic`` parser. With ``command``, only that command's options that come from the library's
+    config dataclasses are added (every command is still listed with its help), so ``--help`` and the light
+    commands start without importing torch, timm and diffusers; without it, every command is complete."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
 
     parser = argparse.ArgumentParser(prog="magic", description="MAGIC suite: train, evaluate and use the models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -517,7 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--repo-id", default="", help=f"Repo id named in the card (default {HUB_ORG}/OUTPUT_NAME).")
     train.add_argument("--title", default="")
     train.add_argument("--summary", default="")
-    add_dataclass_arguments(train, TrainConfig)
+    if wanted("train-classifier"):
+        from .classifiers import TrainConfig
+
+        add_dataclass_arguments(train, TrainConfig)
     train.set_defaults(func=cmd_train_classifier)
 
     evaluate = commands.add_parser("eval-classifier", help="Evaluate a classifier on a dataset split.")
@@ -602,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="How the UNet's batches are drawn: none (every image equally often), sampler (every class "
                          "equally often) or sqrt-sampler (in between).")
     tg.add_argument("--perceptual-weight", type=float, default=0.5)
-    _add_vae_loss_arguments(tg)
+    if wanted("train-generator"):
+        _add_vae_loss_arguments(tg)
     tg.add_argument("--prompt-template", default=None,
                     help="Prompt with {name} for each class (default: the prompt_template of the shipped catalog "
                          "that names every class of --data, e.g. 'a dermoscopy image of a {name} skin lesion' "
@@ -610,8 +614,6 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--device", default="auto")
     tg.add_argument("--repo-id", default="")
     tg.set_defaults(func=cmd_train_generator)
-
-    from .generation.class_loras import ClassLoRAConfig
 
     loras = commands.add_parser("train-class-loras", help="CytoDiff: one LoRA per class, each from k real images of "
                                                           "that class (use them with generate-dataset --class-loras).")
@@ -622,7 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     loras.add_argument("--classes", default="", help="Comma-separated classes (default: every class in --data).")
     loras.add_argument("--prompt-template", default=None, help="Default: the generator's own.")
     loras.add_argument("--device", default="auto")
-    add_dataclass_arguments(loras, ClassLoRAConfig)
+    if wanted("train-class-loras"):
+        from .generation.class_loras import ClassLoRAConfig
+
+        add_dataclass_arguments(loras, ClassLoRAConfig)
     loras.set_defaults(func=cmd_train_class_loras)
 
     tune = commands.add_parser("tune-decoder", help="Fine-tune only the VAE decoder of a trained pipeline (the "
@@ -635,11 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, default=32)
     tune.add_argument("--lr", type=float, default=2e-4)
     tune.add_argument("--perceptual-weight", type=float, default=1.0)
-    _add_vae_loss_arguments(tune)
+    if wanted("tune-decoder"):
+        _add_vae_loss_arguments(tune)
     tune.add_argument("--device", default="auto")
     tune.set_defaults(func=cmd_tune_decoder)
-
-    from .generation.decoder_alignment import DecoderAlignmentConfig
 
     align = commands.add_parser("align-decoder", help="Fine-tune only the VAE decoder on the generator's own samples "
                                                       "so guide classifiers recognise their class (the UNet and its "
@@ -650,7 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--split", default="train")
     align.add_argument("--output", required=True, help="Folder for the aligned pipeline (may be --generator itself).")
     align.add_argument("--device", default="auto")
-    add_dataclass_arguments(align, DecoderAlignmentConfig)
+    if wanted("align-decoder"):
+        from .generation.decoder_alignment import DecoderAlignmentConfig
+
+        add_dataclass_arguments(align, DecoderAlignmentConfig)
     align.set_defaults(func=cmd_align_decoder)
 
     export = commands.add_parser("export-generator", help="Copy a trained pipeline (or a LoRA folder) with float16 "
@@ -671,8 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--judge", default=None, help="Held-out classifier: share of images judged to be the "
                       "requested class, per round. Must not be the evaluator.")
     loop.add_argument("--heldout-evaluator", default=None, help="A second evaluator spec that only measures.")
-    loop.add_argument("--catalog", default=FeedbackLoopConfig.catalog,
-                      help=FeedbackLoopConfig.__dataclass_fields__["catalog"].metadata["help"])
+    if wanted("feedback-loop"):
+        from .feedback.loop import FeedbackLoopConfig
+        from .feedback.tuning import FeedbackTrainConfig
+
+        loop.add_argument("--catalog", default=FeedbackLoopConfig.catalog,
+                          help=FeedbackLoopConfig.__dataclass_fields__["catalog"].metadata["help"])
+        loop.add_argument("--anchor-weight", type=float, default=FeedbackTrainConfig.anchor_weight,
+                          help=FeedbackTrainConfig.__dataclass_fields__["anchor_weight"].metadata["help"])
+        loop.add_argument("--gradient-checkpointing", action="store_true",
+                          help=FeedbackTrainConfig.__dataclass_fields__["gradient_checkpointing"].metadata["help"])
     loop.add_argument("--conditions", default="", help="Comma-separated conditions (default: all the generator's).")
     loop.add_argument("--rounds", type=int, default=3)
     loop.add_argument("--samples-per-condition", type=int, default=16, help="Images judged and paired per round.")
@@ -684,10 +699,6 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--train-batch-size", type=int, default=16)
     loop.add_argument("--lr", type=float, default=2e-4)
     loop.add_argument("--beta", type=float, default=1000.0, help="DPO strength.")
-    loop.add_argument("--anchor-weight", type=float, default=FeedbackTrainConfig.anchor_weight,
-                      help=FeedbackTrainConfig.__dataclass_fields__["anchor_weight"].metadata["help"])
-    loop.add_argument("--gradient-checkpointing", action="store_true",
-                      help=FeedbackTrainConfig.__dataclass_fields__["gradient_checkpointing"].metadata["help"])
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--device", default="auto")
     loop.add_argument("--output", required=True, help="Folder for images, preferences, the LoRA and report.json.")
@@ -727,15 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--description", default="")
     gen.set_defaults(func=cmd_generate_dataset)
 
-    from .generation.filtering import FilterConfig
-
     filt = commands.add_parser("filter-dataset", help="Keep the images of a generated dataset that a judge accepts "
                                                       "(a classifier or a checklist evaluator); writes a new dataset.")
     filt.add_argument("--data", required=True, help="Generated dataset folder or Hub id.")
     filt.add_argument("--output", required=True, help="New dataset folder (parquet shards + card + cached scores).")
     filt.add_argument("--split", default="train")
     filt.add_argument("--shard-size", type=int, default=256, help="Images per parquet shard.")
-    add_dataclass_arguments(filt, FilterConfig)
+    if wanted("filter-dataset"):
+        from .generation.filtering import FilterConfig
+
+        add_dataclass_arguments(filt, FilterConfig)
     filt.set_defaults(func=cmd_filter_dataset)
 
     predict = commands.add_parser("predict", help="Top-k classes for image files.")
@@ -749,7 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "narratives, split by patient, as a Hub-shaped dataset.")
     narratives.add_argument("--metadata", required=True, help="PAD-UFES-20 metadata.csv.")
     narratives.add_argument("--output", required=True, help="Dataset folder (data/*.parquet + README.md).")
-    add_dataclass_arguments(narratives, NarrativeDatasetConfig)
+    if wanted("build-narratives"):
+        from .narratives.dataset import NarrativeDatasetConfig
+
+        add_dataclass_arguments(narratives, NarrativeDatasetConfig)
     narratives.set_defaults(func=cmd_build_narratives)
 
     ham = commands.add_parser("build-ham-narratives", help="Turn HAM10000's age / sex / site into one first-person "
@@ -759,7 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
     ham.add_argument("--images", required=True, help="The HAM10000 image dataset (folder or Hub id) whose "
                                                      "source_file names the ISIC image ids; its splits are kept.")
     ham.add_argument("--output", required=True, help="Dataset folder (data/*.parquet + README.md).")
-    add_dataclass_arguments(ham, HamNarrativeConfig)
+    if wanted("build-ham-narratives"):
+        from .narratives.ham import HamNarrativeConfig
+
+        add_dataclass_arguments(ham, HamNarrativeConfig)
     ham.set_defaults(func=cmd_build_ham_narratives)
 
     tn = commands.add_parser("train-narrative-classifier", help="Fine-tune MiniLM or SmolLM2 (LoRA) on narratives "
@@ -767,7 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--data", required=True, help="Narrative dataset folder (from build-narratives).")
     tn.add_argument("--output", required=True, help="Folder for config.json, model.safetensors, README.md.")
     tn.add_argument("--repo-id", default="")
-    add_dataclass_arguments(tn, NarrativeTrainConfig)
+    if wanted("train-narrative-classifier"):
+        from .narratives.train import NarrativeTrainConfig
+
+        add_dataclass_arguments(tn, NarrativeTrainConfig)
     tn.set_defaults(func=cmd_train_narrative_classifier)
 
     experiment = commands.add_parser("experiment", help="Declared experiments that test the papers' claims.")
@@ -789,26 +810,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .evaluation.cli import add_commands as add_evaluation_commands
 
-    add_evaluation_commands(commands)
+    add_evaluation_commands(commands, complete=wanted("train-evaluator"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .data import DatasetFormatError, SubsetError
-    from .hub import ModelNotFoundError
-    from .images import ImageInputError
-    from .publish import PublishError
-
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command=argv[0] if argv and not argv[0].startswith("-") else "").parse_args(argv)
     try:
         return args.func(args)
     except HfHubHTTPError as error:
         print(f"magic {args.command}: error: the Hub refused the request ({error}). Check HF_TOKEN and the repo id.",
               file=sys.stderr)
         return 2
-    except (ModelNotFoundError, DatasetFormatError, SubsetError, ImageInputError, PublishError, FileNotFoundError,
-            ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # the library's input errors (ModelNotFoundError,
+        # DatasetFormatError, SubsetError, ImageInputError, PublishError, ...) are these
         print(f"magic {args.command}: error: {error}", file=sys.stderr)
         return 2

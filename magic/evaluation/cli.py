@@ -96,10 +96,10 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands) -> None:
-    """Add the evaluator subcommands to ``python -m magic``'s subparsers."""
+def add_commands(commands, complete: bool = True) -> None:
+    """Add the evaluator subcommands to ``python -m magic``'s subparsers (``complete=False``: without
+    ``train-evaluator``'s config options, which import its training stack)."""
     from ..cli import add_dataclass_arguments
-    from .train_embedded import EmbeddedTrainConfig
 
     ev = commands.add_parser("evaluate", help="Judge images against a condition's checklist (0/1 per item).")
     ev.add_argument("--evaluator", default="embedded",
@@ -142,5 +142,8 @@ def add_commands(commands) -> None:
     tr.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     tr.add_argument("--repo-id", default="")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default).")
-    add_dataclass_arguments(tr, EmbeddedTrainConfig)
+    if complete:
+        from .train_embedded import EmbeddedTrainConfig
+
+        add_dataclass_arguments(tr, EmbeddedTrainConfig)
     tr.set_defaults(func=cmd_train_evaluator)
