@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora", default=None, help="A LoRA folder to load into the generator first (e.g. the "
                         "feedback loop's runs/feedback/lora).")
     parser.add_argument("--class-loras", default=None, help="A folder of per-class LoRAs (FOLDER/CLASS, as "
-                        "train-class-loras writes them): each class that has one is drawn with it.")
+                        "train-class-loras writes them): each class that has one is drawn with it, on top of "
+                        "--lora.")
+    parser.add_argument("--class-loras-replace", action="store_true", help="Draw a class that has its own LoRA "
+                        "without --lora (which then draws only the other classes).")
     parser.add_argument("--judge", required=True, help="Classifier folder or id (not used to train the generator).")
     parser.add_argument("--data", required=True, help="Real dataset with the same classes.")
     parser.add_argument("--split", default="test")
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings = GenerationSettings(steps=args.steps, guidance=guidance, seed=0)
         started = time.perf_counter()
         images, requested = generate_per_class(generator, names, template, args.per_class, settings,
-                                               batch_size=args.batch_size, class_loras=class_loras)
+                                               batch_size=args.batch_size, class_loras=class_loras,
+                                               replace_loaded=args.class_loras_replace)
         seconds = time.perf_counter() - started
         report = class_fidelity(images, requested, judge, real_images, real_labels, names)
         runs.append({"guidance": guidance, "steps": args.steps, "generation_seconds": round(seconds, 1),
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.save_grid and guidance == args.guidance[-1]:
             _save_grid(images, requested, len(names), args.save_grid)
     result = {
-        "generator": args.generator, "lora": args.lora, "class_loras": args.class_loras, "judge": args.judge,
+        "generator": args.generator, "lora": args.lora, "class_loras": args.class_loras,
+        "class_loras_replace": args.class_loras_replace, "judge": args.judge,
         "data": args.data, "split": args.split,
         "prompt_template": template, "judge_accuracy_on_real": float((real_predictions == truth).mean()),
         "judge_per_class_on_real": per_class(real_predictions),

@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--generator", required=True, help="Pipeline folder or model id.")
     parser.add_argument("--lora", default=None, help="A LoRA folder or id to load into the generator first.")
     parser.add_argument("--class-loras", default=None, help="A folder of per-class LoRAs (FOLDER/CLASS, as "
-                        "train-class-loras writes them): each class that has one is drawn with it.")
+                        "train-class-loras writes them): each class that has one is drawn with it, on top of "
+                        "--lora.")
+    parser.add_argument("--class-loras-replace", action="store_true", help="Draw a class that has its own LoRA "
+                        "without --lora (which then draws only the other classes).")
     parser.add_argument("--data", required=True, help="Real dataset with the generator's classes (train + test).")
     parser.add_argument("--split", default="test", help="The real split the classifiers are tested on.")
     parser.add_argument("--per-class", type=int, default=128)
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         images, labels = generate_per_class(generator, names, generator.info.prompt_template, args.per_class,
                                             GenerationSettings(steps=args.steps, guidance=guidance, seed=0),
-                                            class_loras=class_loras)
+                                            class_loras=class_loras, replace_loaded=args.class_loras_replace)
         seconds = time.perf_counter() - started
         synthetic = as_dataset(images, labels, names)
         arms.append({"train_on": "synthetic", "guidance": guidance, "steps": args.steps,
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.real_reference:
         real = k_shot(load_image_dataset(args.data, split="train"), args.per_class, seed=0)
         arms.append({"train_on": "real", **summarise([train_and_test(real, test, args, seed) for seed in args.seeds])})
-    result = {"generator": args.generator, "lora": args.lora, "class_loras": args.class_loras, "data": args.data,
+    result = {"generator": args.generator, "lora": args.lora, "class_loras": args.class_loras,
+              "class_loras_replace": args.class_loras_replace, "data": args.data,
               "split": args.split,
               "per_class": args.per_class, "architecture": args.architecture, "image_size": args.image_size,
               "epochs": args.epochs, "arms": arms, "device": str(generator.device),

@@ -345,7 +345,8 @@ def test_class_loras_are_learnt_per_class_and_draw_that_classs_images(pipeline_d
 def test_per_class_sampling_draws_each_class_with_its_own_lora_on_top_of_a_loaded_one(pipeline_dir, shapes,
                                                                                        tmp_path):
     """The fidelity benchmarks' sampler: a class with a LoRA is drawn as the pipeline with that LoRA loaded would
-    draw it, the other classes and the generator itself stay as they were, and a LoRA already loaded stays on."""
+    draw it, the other classes and the generator itself stay as they were, and a LoRA already loaded stays on
+    (or, with replace_loaded, makes way for the class's own)."""
     from magic.evaluation.fidelity import generate_per_class
     from magic.generation.class_loras import find_class_loras
 
@@ -378,6 +379,11 @@ def test_per_class_sampling_draws_each_class_with_its_own_lora_on_top_of_a_loade
     stacked, _ = generate_per_class(generator, ["disc", "square"], "a {name} shape", 2, FAST, class_loras=loras)
     assert _same(stacked[:2], alone([tmp_path / "base", tmp_path / "disc"], "a disc shape"))
     assert _same(stacked[2:], alone([tmp_path / "base"], "a square shape"))
+    replaced, _ = generate_per_class(generator, ["disc", "square"], "a {name} shape", 2, FAST, class_loras=loras,
+                                     replace_loaded=True)
+    assert _same(replaced[:2], drawn[:2])  # the class's own LoRA alone
+    assert _same(replaced[2:], stacked[2:])  # the loaded LoRA still draws the others
+    assert _same(generator.text_to_image("a square shape", FAST, num_images=2), stacked[2:])
     with pytest.raises(ValueError, match="not among the classes"):
         generate_per_class(generator, ["square"], "a {name} shape", 1, FAST, class_loras=loras)
     with pytest.raises(ValueError, match="none of the classes"):

@@ -126,12 +126,13 @@ def class_fidelity(
 
 
 def generate_per_class(generator, class_names: Sequence[str], prompt_template: str, per_class: int,
-                       settings, batch_size: int = 64, class_loras: Mapping[str, str | os.PathLike] | None = None
-                       ) -> tuple[list[Image.Image], list[int]]:
+                       settings, batch_size: int = 64, class_loras: Mapping[str, str | os.PathLike] | None = None,
+                       replace_loaded: bool = False) -> tuple[list[Image.Image], list[int]]:
     """``per_class`` text-to-image samples of every class (seeds ``settings.seed``, ``+1``, ...), in class order.
 
     A class named in ``class_loras`` is drawn with its own LoRA loaded on a clone of ``generator`` (CytoDiff's
-    per-class adaptation), on top of any LoRA ``generator`` already has; the others by ``generator`` itself."""
+    per-class adaptation), on top of any LoRA ``generator`` already has (``replace_loaded``: instead of it); the
+    others by ``generator`` itself."""
     from ..generation import GenerationSettings
     from ..generation.adapters import load_lora
 
@@ -145,8 +146,11 @@ def generate_per_class(generator, class_names: Sequence[str], prompt_template: s
         if name in class_loras:
             drawer = generator.clone()
             loaded = list(getattr(drawer.pipeline.unet, "peft_config", None) or {})  # e.g. a feedback LoRA
+            if replace_loaded and loaded:
+                drawer.pipeline.delete_adapters(loaded)
+                loaded = []
             load_lora(drawer.pipeline, class_loras[name], adapter_name="class-lora")
-            drawer.pipeline.set_adapters(loaded + ["class-lora"])  # on top of, not instead of, what was loaded
+            drawer.pipeline.set_adapters(loaded + ["class-lora"])
         prompt = prompt_template.format(name=name.replace("_", " "))
         for start in range(0, per_class, batch_size):
             count = min(batch_size, per_class - start)
