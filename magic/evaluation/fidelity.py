@@ -134,7 +134,7 @@ def generate_per_class(generator, class_names: Sequence[str], prompt_template: s
     per-class adaptation), on top of any LoRA ``generator`` already has (``replace_loaded``: instead of it); the
     others by ``generator`` itself."""
     from ..generation import GenerationSettings
-    from ..generation.adapters import load_lora
+    from ..generation.class_loras import with_class_lora
 
     class_loras = dict(class_loras or {})
     unknown = sorted(set(class_loras) - set(class_names))
@@ -142,15 +142,7 @@ def generate_per_class(generator, class_names: Sequence[str], prompt_template: s
         raise ValueError(f"class_loras names {unknown}, which are not among the classes {list(class_names)}.")
     images, labels = [], []
     for label, name in enumerate(tqdm(class_names, desc="generate per class", unit="class")):
-        drawer = generator
-        if name in class_loras:
-            drawer = generator.clone()
-            loaded = list(getattr(drawer.pipeline.unet, "peft_config", None) or {})  # e.g. a feedback LoRA
-            if replace_loaded and loaded:
-                drawer.pipeline.delete_adapters(loaded)
-                loaded = []
-            load_lora(drawer.pipeline, class_loras[name], adapter_name="class-lora")
-            drawer.pipeline.set_adapters(loaded + ["class-lora"])
+        drawer = with_class_lora(generator, class_loras[name], replace_loaded) if name in class_loras else generator
         prompt = prompt_template.format(name=name.replace("_", " "))
         for start in range(0, per_class, batch_size):
             count = min(batch_size, per_class - start)

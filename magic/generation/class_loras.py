@@ -124,6 +124,19 @@ def find_class_loras(folder: str | os.PathLike, classes: Sequence[str]) -> dict[
     return found
 
 
+def with_class_lora(generator: Generator, lora: str | os.PathLike, replace_loaded: bool = False) -> Generator:
+    """A clone of ``generator`` with a class's LoRA loaded, on top of any LoRA ``generator`` already has
+    (``replace_loaded``: instead of it); ``generator`` itself is left as it was."""
+    clone = generator.clone()
+    loaded = list(getattr(clone.pipeline.unet, "peft_config", None) or {})  # e.g. a feedback LoRA
+    if replace_loaded and loaded:
+        clone.pipeline.delete_adapters(loaded)
+        loaded = []
+    load_lora(clone.pipeline, lora, adapter_name="class-lora")
+    clone.pipeline.set_adapters(loaded + ["class-lora"])
+    return clone
+
+
 def generate_with_class_loras(
     generator: Generator,
     jobs: list[Job],
@@ -147,8 +160,7 @@ def generate_with_class_loras(
         mine = [job for job in jobs if job.label == name]
         if all(job.job_id in done for job in mine):
             continue
-        clone = generator.clone()
-        load_lora(clone.pipeline, loras[name])
+        clone = with_class_lora(generator, loras[name])
         written += generate_dataset(clone, mine, output, class_names, settings, shard_size=shard_size,
                                     lora=str(loras[name]), batch_size=batch_size)
         del clone
