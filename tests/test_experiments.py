@@ -481,6 +481,46 @@ def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_
     assert np.flatnonzero(again["filter_kept"]).tolist() == kept.tolist()
 
 
+def test_a_source_with_class_loras_draws_those_classes_with_them_and_the_rest_as_before(workspace, tmp_path):
+    """class_loras: a class with its own LoRA (e.g. the embedded basophil LoRA) is drawn with it, the others
+    as the plain source draws them (to the pixel here, where batches end where classes do); the cache is the
+    source's own and is refused once a LoRA changes."""
+    from magic.generation.adapters import add_lora, save_lora
+
+    folder = workspace / "tiny" / "generator"
+    generator = Generator.from_pretrained(folder, device="cpu")
+    torch.manual_seed(0)
+    add_lora(generator.pipeline, rank=4)
+    for name, parameter in generator.pipeline.unet.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 0.5)
+    loras = tmp_path / "class-loras"
+    save_lora(generator.pipeline, loras / TINY_CLASSES[0])
+    plain = SyntheticSource(name="plain", generator=str(folder), steps=2, guidance=2.0, batch_size=3)
+    own = SyntheticSource(name="own", generator=str(folder), steps=2, guidance=2.0, batch_size=3,
+                          class_loras=str(loras))
+    plain_pool, _ = source_pool(plain, TINY_CLASSES, 3, tmp_path / "out")
+    own_pool, facts = source_pool(own, TINY_CLASSES, 3, tmp_path / "out")
+    assert facts["generated"] == 3 * len(TINY_CLASSES) and own_pool["label"] == plain_pool["label"]
+    spec = json.loads((tmp_path / "out" / "synthetic" / "own" / "source.json").read_text())
+    assert list(spec["class_loras_sha256"]) == [TINY_CLASSES[0]] and spec["class_loras"] == str(loras)
+    rows = load_image_dataset(tmp_path / "out" / "synthetic" / "own", split="train")
+    assert sorted(set(rows["lora"])) == ["", str(loras / TINY_CLASSES[0])]
+    pixels = [[np.asarray(image.convert("RGB")) for image in pool["image"]] for pool in (plain_pool, own_pool)]
+    assert all(not np.array_equal(a, b) for a, b in zip(pixels[0][:3], pixels[1][:3]))  # the class's own LoRA
+    assert all(np.array_equal(a, b) for a, b in zip(pixels[0][3:], pixels[1][3:]))  # the others as before
+    torch.manual_seed(1)  # "retrain" the class's LoRA in place
+    for name, parameter in generator.pipeline.unet.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 0.5)
+    save_lora(generator.pipeline, loras / TINY_CLASSES[0])
+    with pytest.raises(ConfigError, match="delete the folder"):
+        source_pool(own, TINY_CLASSES, 3, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="not a folder of class LoRAs"):
+        source_pool(SyntheticSource(name="gone", generator=str(folder), class_loras=str(tmp_path / "none")),
+                    TINY_CLASSES, 3, tmp_path / "out")
+
+
 def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
     import yaml
 
@@ -499,6 +539,12 @@ def test_unknown_or_contradictory_config_keys_raise_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="drop `lora`"):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "per-class-lora",
                                                          "lora": "runs/feedback/lora"}]})
+    with pytest.raises(ConfigError, match="class_loras draws text-to-image images"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "image-to-image",
+                                                         "class_loras": "magic-suite/wbc-generator-class-loras"}]})
+    with pytest.raises(ConfigError, match="give both class_loras and lora"):
+        config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "class_loras_replace": True,
+                                                         "class_loras": "magic-suite/wbc-generator-class-loras"}]})
     with pytest.raises(ConfigError, match="mode 'inpaint' is not supported"):
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "b", "mode": "inpaint"}]})
     with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):

@@ -392,6 +392,68 @@ def test_per_class_sampling_draws_each_class_with_its_own_lora_on_top_of_a_loade
         find_class_loras(tmp_path / "missing", ["disc"])
 
 
+def test_generate_dataset_draws_classes_with_their_own_lora_and_the_rest_with_the_loaded_one(pipeline_dir, shapes,
+                                                                                             tmp_path):
+    """generate-dataset --lora L --class-loras FOLDER: a class with a LoRA in FOLDER is drawn with it on top of L
+    (or, with --class-loras-replace, instead of it), every other class with L alone; each row says which. The
+    folder, exported to float16 as weights/ embeds it, keeps its index and draws the same images within a grey
+    level or two."""
+    import datasets
+
+    from magic.generation.class_loras import export_class_loras, find_class_loras, write_class_loras_index
+    from magic.hub import CLASS_LORAS_INDEX
+    from tests.test_cli import run_cli
+
+    images, prompts = shapes
+    for name, seed in (("disc", 3), ("base", 4)):
+        clone = Generator.from_pretrained(pipeline_dir)
+        train_denoiser(clone.pipeline, images, prompts, DenoiserTrainConfig(method="lora", lora_rank=4, steps=3,
+                                                                            batch_size=4, lr=5e-2, seed=seed))
+        save_lora(clone.pipeline, tmp_path / ("loras" if name == "disc" else "") / name)
+    write_class_loras_index(tmp_path / "loras", str(pipeline_dir), "a {name} shape")
+    common = ["--model", str(pipeline_dir), "--classes", "disc,square", "--per-class", "2", "--steps", "3",
+              "--prompt-template", "a {name} shape", "--device", "cpu", "--lora", str(tmp_path / "base"),
+              "--class-loras", str(tmp_path / "loras")]
+    rows = {}
+    for flags in ((), ("--class-loras-replace",)):
+        out = tmp_path / f"out{len(flags)}"
+        result = run_cli("generate-dataset", "--output", str(out), *common, *flags)
+        assert result.returncode == 0, result.stderr
+        rows[bool(flags)] = datasets.load_dataset(str(out), split="train")
+    stacked, replaced = rows[False], rows[True]
+    base, disc = tmp_path / "base", tmp_path / "loras" / "disc"
+    assert stacked["lora"] == [f"{base} + {disc}"] * 2 + [str(base)] * 2
+    assert replaced["lora"] == [str(disc)] * 2 + [str(base)] * 2
+
+    def drawn_by(folders: list[Path], row) -> np.ndarray:
+        generator = Generator.from_pretrained(pipeline_dir)
+        for i, folder in enumerate(folders):
+            load_lora(generator.pipeline, folder, adapter_name=f"lora-{i}")
+        generator.pipeline.set_adapters([f"lora-{i}" for i in range(len(folders))])
+        settings = GenerationSettings(steps=row["steps"], guidance=row["guidance"], seed=row["seed"])
+        return np.asarray(generator.text_to_image(row["prompt"], settings)[0])
+
+    def pixels(row) -> np.ndarray:
+        return np.asarray(row["image"].convert("RGB"))
+
+    assert np.array_equal(pixels(stacked[0]), drawn_by([base, disc], stacked[0]))
+    assert np.array_equal(pixels(replaced[0]), drawn_by([disc], replaced[0]))
+    assert np.array_equal(pixels(stacked[2]), drawn_by([base], stacked[2]))
+    assert np.array_equal(pixels(replaced[2]), pixels(stacked[2]))  # the other class is untouched by the flag
+    bad = run_cli("generate-dataset", "--output", str(tmp_path / "bad"), *common[:-4], "--class-loras-replace")
+    assert bad.returncode == 2 and "give both" in bad.stderr
+
+    exported = export_class_loras(tmp_path / "loras", tmp_path / "exported")
+    index = json.loads((exported / CLASS_LORAS_INDEX).read_text())
+    assert index["classes"] == ["disc"] and index["prompt_template"] == "a {name} shape"
+    assert "disc" in (exported / "README.md").read_text()
+    assert find_class_loras(exported, ["disc", "square"]) == {"disc": exported / "disc"}
+    half = drawn_by([exported / "disc"], replaced[0]).astype(int)
+    assert np.abs(half - pixels(replaced[0]).astype(int)).max() <= 2
+    with pytest.raises(FileNotFoundError, match="holds no class LoRA"):
+        export_class_loras(tmp_path / "base", tmp_path / "nothing")
+
+
 def test_class_loras_refuse_a_class_without_real_images(pipeline_dir, tiny_dataset, tmp_path):
     from magic.data import load_image_dataset
     from magic.generation.class_loras import ClassLoRAConfig, train_class_loras

@@ -59,6 +59,12 @@ class SyntheticSource:
                 "training images toward another class (target != source), generated per seed; or per-class-lora: "
                 "CytoDiff's one LoRA per class learnt from `class_lora.shots` of the run's own real images of that "
                 "class, then text-to-image with it, per seed."})
+    class_loras: str = field(default="", metadata={
+        "help": "text-to-image only: a folder or id of per-class LoRAs (as train-class-loras writes them; e.g. "
+                "magic-suite/wbc-generator-class-loras): a class that has one is drawn with it, on top of `lora`; "
+                "the other classes by the generator (with `lora`)."})
+    class_loras_replace: bool = field(default=False, metadata={
+        "help": "With class_loras and lora: draw a class that has its own LoRA without `lora`."})
     class_lora: ClassLoRAConfig = field(default_factory=ClassLoRAConfig, metadata={
         "help": "per-class-lora only: how each class's LoRA is learnt (shots, rank, steps, batch_size, lr, seed)."})
     strength: float = field(default=0.6, metadata={
@@ -105,6 +111,12 @@ class SyntheticSource:
             raise ConfigError(f"Synthetic source {self.name!r}: per-class-lora learns its own LoRAs; drop `lora`.")
         if self.lora and not self.generator:
             raise ConfigError(f"Synthetic source {self.name!r}: `lora` needs `generator`.")
+        if self.class_loras and (self.mode != TEXT_TO_IMAGE or not self.generator):
+            raise ConfigError(f"Synthetic source {self.name!r}: class_loras draws text-to-image images with "
+                              "`generator`; set mode: text-to-image (per-class-lora learns its own).")
+        if self.class_loras_replace and not (self.class_loras and self.lora):
+            raise ConfigError(f"Synthetic source {self.name!r}: class_loras_replace replaces `lora` by each class's "
+                              "own LoRA: give both class_loras and lora.")
         if self.prompt_template and "{name}" not in self.prompt_template:
             raise ConfigError(f"Synthetic source {self.name!r}: prompt_template must contain {{name}}.")
 
@@ -119,6 +131,8 @@ class SyntheticSource:
         return {key: getattr(self, key) for key in keys} | (
             {"strength": self.strength} if self.mode == IMAGE_TO_IMAGE else {}) | (
             {"class_lora": self.class_lora.to_dict()} if self.mode == CLASS_LORA else {}) | (
+            {"class_loras": self.class_loras, "class_loras_replace": self.class_loras_replace}
+            if self.class_loras else {}) | (
             {"batch_size": self.batch_size} if self.batch_size > 1 else {})
 
 

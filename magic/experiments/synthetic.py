@@ -52,6 +52,11 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
         raise FileNotFoundError(f"Synthetic source {source.name!r}: LoRA {source.lora} not found ({error}). Make it "
                                 "first, e.g. `python -m magic feedback-loop ... --output runs/feedback` writes "
                                 "runs/feedback/lora.") from None
+    class_loras = {}
+    if source.class_loras:
+        from ..generation.class_loras import find_class_loras
+
+        class_loras = find_class_loras(source.class_loras, names)
     template = _prompt_template(source, names)
     translate = source.mode == IMAGE_TO_IMAGE
     if source.per_seed and real is None:
@@ -60,6 +65,10 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     if source.lora:  # the same folder retrained (a new feedback-loop run) must not reuse the old LoRA's images
         spec["lora_sha256"] = hashlib.sha256(b"".join(
             path.read_bytes() for path in sorted(lora_folder.glob("*.safetensors")))).hexdigest()
+    if class_loras:  # likewise for each class's LoRA
+        spec["class_loras_sha256"] = {name: hashlib.sha256(b"".join(
+            path.read_bytes() for path in sorted(folder.glob("*.safetensors")))).hexdigest()
+            for name, folder in class_loras.items()}
     if source.per_seed:  # the cache belongs to one real training set
         spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
@@ -94,6 +103,12 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
                                       source_ids=[str(row) for row in real[INDEX_COLUMN]])  # rows of the real split
             made = generate_with_class_loras(generator, jobs, cache, names, settings, loras,
                                              batch_size=source.batch_size)
+        elif class_loras:  # a class with its own LoRA is drawn with it (e.g. the weakest class's)
+            from ..generation.class_loras import generate_with_class_loras
+
+            made = generate_with_class_loras(generator, jobs, cache, names, settings, class_loras,
+                                             batch_size=source.batch_size, lora=source.lora,
+                                             replace_loaded=source.class_loras_replace)
         else:
             made = generate_dataset(generator, jobs, cache, names, settings, source=real, lora=source.lora,
                                     batch_size=source.batch_size)

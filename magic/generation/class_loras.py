@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 
-from ..hub import LORA_WEIGHTS
-from .adapters import load_lora, save_lora
+from ..hub import CLASS_LORAS_INDEX, LORA_WEIGHTS
+from .adapters import export_lora, load_lora, save_lora
 from .dataset import Job, completed_jobs, generate_dataset
 from .generator import GenerationSettings, Generator
 from .train import DenoiserTrainConfig, train_denoiser
@@ -107,16 +109,55 @@ def train_class_loras(
             save_lora(clone.pipeline, folder)
             del clone
         folders[name] = folder
+    write_class_loras_index(output, generator.model_id, prompt_template)
     return folders
+
+
+def write_class_loras_index(folder: str | os.PathLike, base_model: str, prompt_template: str) -> Path:
+    """Write ``CLASS_LORAS_INDEX`` and a card for every finished class LoRA under ``folder``; returns the index."""
+    folder = Path(folder)
+    classes = sorted(path.name for path in folder.iterdir() if (path / LORA_WEIGHTS).is_file())
+    learnt = {name: json.loads((folder / name / LORA_SETTINGS).read_text()) if (folder / name / LORA_SETTINGS).is_file()
+              else {} for name in classes}
+    index = folder / CLASS_LORAS_INDEX
+    index.write_text(json.dumps({"base_model": base_model, "prompt_template": prompt_template, "classes": classes,
+                                 "real_images": {name: learnt[name].get("real_images") for name in classes}},
+                                indent=1) + "\n")
+    _collection_card(base_model, classes, learnt).save(folder / "README.md")
+    return index
+
+
+def export_class_loras(source: str | os.PathLike, destination: str | os.PathLike,
+                       dtype: torch.dtype | None = torch.float16) -> Path:
+    """Copy a folder of class LoRAs (as ``train_class_loras`` writes it) with every LoRA's weights cast to
+    ``dtype`` (e.g. to embed it in weights/), with their settings, cards and index."""
+    source, destination = Path(source), Path(destination)
+    classes = sorted(path.name for path in source.iterdir() if (path / LORA_WEIGHTS).is_file()) \
+        if source.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"{source} holds no class LoRA (CLASS/{LORA_WEIGHTS}): not a train-class-loras "
+                                "output.")
+    settings = json.loads((source / CLASS_LORAS_INDEX).read_text()) if (source / CLASS_LORAS_INDEX).is_file() else {}
+    for name in classes:
+        export_lora(source / name, destination / name, dtype=dtype)
+        if (source / name / LORA_SETTINGS).is_file():
+            shutil.copy(source / name / LORA_SETTINGS, destination / name / LORA_SETTINGS)
+            settings = settings or json.loads((source / name / LORA_SETTINGS).read_text())
+    write_class_loras_index(destination, settings.get("base_model", ""), settings.get("prompt_template", ""))
+    return destination
 
 
 def find_class_loras(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str, Path]:
     """The finished LoRA folders ``folder/CLASS`` (as ``train_class_loras`` writes them) of those ``classes`` that
-    have one; raises when ``folder`` is not a folder or holds none of them."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    have one; ``folder`` may also be an embedded id (``magic-suite/wbc-generator-class-loras``) or a Hub repo id.
+    Raises when it is none of these or holds none of the classes."""
+    from ..hub import ModelNotFoundError, resolve_model
+
+    try:
+        folder = resolve_model(folder)
+    except ModelNotFoundError as error:
         raise FileNotFoundError(f"{folder} is not a folder of class LoRAs (FOLDER/CLASS, as train-class-loras "
-                                "writes them).")
+                                f"writes them), an embedded one or a Hub repo id ({error}).") from None
     found = {name: folder / name for name in classes if (folder / name / LORA_WEIGHTS).is_file()}
     if not found:
         raise ValueError(f"{folder} holds a LoRA for none of the classes {list(classes)}; train them with "
@@ -146,23 +187,33 @@ def generate_with_class_loras(
     loras: dict[str, str | os.PathLike],
     shard_size: int = 256,
     batch_size: int = 1,
+    lora: str = "",
+    replace_loaded: bool = False,
 ) -> int:
-    """Run text-to-image ``jobs`` with each job's class LoRA loaded (on a clone); returns the images written.
-    Resumable (and batched) like ``generate_dataset``; each row's ``lora`` column names the folder it came from."""
-    done = completed_jobs(output)
-    without = sorted({job.label for job in jobs if job.job_id not in done} - set(loras))
-    if without:
-        raise ValueError(f"No LoRA for the classes {without}; train them first (train_class_loras).")
+    """Run text-to-image ``jobs``: a class with a LoRA in ``loras`` is drawn with it loaded on a clone (on top of
+    any LoRA ``generator`` has, or with ``replace_loaded`` instead of it), every other class by ``generator``
+    itself; returns the images written. Resumable (and batched) like ``generate_dataset``. Each row's ``lora``
+    column names what drew it: ``lora`` (the name of the LoRA ``generator`` has loaded, if any), the class's
+    LoRA folder, or both joined by `` + ``."""
     if any(job.source_index is not None for job in jobs):
         raise ValueError("Class LoRAs draw text-to-image images; these jobs are image-to-image.")
+    unknown = sorted(set(loras) - set(class_names))
+    if unknown:
+        raise ValueError(f"The class LoRAs {unknown} are not among the classes {class_names}.")
+    done = completed_jobs(output)
     written = 0
     for name in dict.fromkeys(job.label for job in jobs):
         mine = [job for job in jobs if job.label == name]
         if all(job.job_id in done for job in mine):
             continue
-        clone = with_class_lora(generator, loras[name])
-        written += generate_dataset(clone, mine, output, class_names, settings, shard_size=shard_size,
-                                    lora=str(loras[name]), batch_size=batch_size)
+        if name not in loras:
+            written += generate_dataset(generator, mine, output, class_names, settings, shard_size=shard_size,
+                                        lora=lora, batch_size=batch_size)
+            continue
+        clone = with_class_lora(generator, loras[name], replace_loaded)
+        drew = " + ".join(part for part in ("" if replace_loaded else lora, str(loras[name])) if part)
+        written += generate_dataset(clone, mine, output, class_names, settings, shard_size=shard_size, lora=drew,
+                                    batch_size=batch_size)
         del clone
     return written
 
@@ -184,3 +235,25 @@ def _class_lora_card(generator: Generator, name: str, images: int, config: Class
         template_str=template, title=f"{Path(generator.model_id).name or 'generator'} {name} LoRA",
         base=generator.model_id, name=name, images=images, rank=config.rank, steps=config.steps, lr=config.lr)
 
+
+
+def _collection_card(base_model: str, classes: list[str], learnt: dict[str, dict]):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from ..cards import model_license
+
+    rows = "\n".join(f"| {name} | {learnt[name].get('real_images', '?')} | {learnt[name].get('rank', '?')} | "
+                     f"{learnt[name].get('steps', '?')} |" for name in classes)
+    template = ("---\n{{ card_data }}\n---\n# {{ title }}\n\nOne LoRA per class for `{{ base }}`, each learnt from "
+                "real images of its class, as CytoDiff adapts a diffusion model per class; a class without one is "
+                "drawn by the base model.\n\n"
+                "> **Research model, not a medical device.** Its images are synthetic.\n\n"
+                "| class | real images | rank | steps |\n|---|---|---|---|\n{{ rows }}\n\n"
+                "Load one: `pipe.load_lora_weights(FOLDER_OR_REPO, subfolder=CLASS)` (with huggingface_hub, or "
+                "`pipe.load_lora_weights(FOLDER/CLASS)`), then prompt for that class; or draw a dataset with "
+                "`python -m magic generate-dataset --model {{ base }} --class-loras FOLDER_OR_REPO`.\n")
+    return ModelCard.from_template(
+        ModelCardData(license=model_license(base_model), library_name="diffusers", base_model=base_model or None,
+                      tags=["lora", "diffusers", "magic-suite", "cytodiff"]),
+        template_str=template, title=f"{Path(base_model).name or 'generator'} class LoRAs", base=base_model,
+        rows=rows)
