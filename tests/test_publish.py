@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from magic.cli import main
+from magic.hub import LORA_WEIGHTS
 from magic.publish import PublishError, publish
 from tests.hub_server import HubServer
 
@@ -315,3 +316,45 @@ def test_an_embedded_pipeline_without_its_text_encoder_publishes_complete(hub, t
     assert pipe.tokenizer.model_max_length == 16
     got = Generator(pipe).text_to_image("a ig cell", settings)[0]
     assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+FIND_CLASS_LORAS = """
+import sys
+from magic.generation.class_loras import find_class_loras
+print(find_class_loras(sys.argv[1], ["basophil", "eosinophil"])["basophil"])
+"""
+
+
+def test_the_embedded_class_loras_publish_as_one_model_repo_and_load_back_by_id(hub, hub_env, tmp_path):
+    """A folder of class LoRAs (index + CLASS/ LoRA) is a model repo; `--class-loras ORG/NAME` then finds each
+    class's LoRA in the downloaded copy, byte for byte the published one."""
+    from magic.hub import resolve_model
+    from magic.publish import check_publishable
+
+    folder = resolve_model("magic-suite/wbc-generator-class-loras")
+    assert check_publishable(folder) == "model"
+    repo_id = f"{ORG}/wbc-generator-class-loras"
+    result = publish_cli(folder, repo_id, hub_env)
+    assert result.returncode == 0, result.stderr
+    assert {"magic_class_loras.json", "README.md", "basophil/pytorch_lora_weights.safetensors",
+            "basophil/magic_class_lora.json"} <= hub_files(hub, "model", repo_id)
+    found = run(["-c", FIND_CLASS_LORAS, repo_id], hub_env)
+    assert found.returncode == 0, found.stderr
+    downloaded = Path(found.stdout.strip().splitlines()[-1])
+    assert (downloaded / LORA_WEIGHTS).read_bytes() == (folder / "basophil" / LORA_WEIGHTS).read_bytes()
+    lonely = tmp_path / "index-only"
+    lonely.mkdir()
+    (lonely / "magic_class_loras.json").write_text("{}")
+    (lonely / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# nothing\n")
+    with pytest.raises(PublishError, match="folder of class LoRAs"):
+        check_publishable(lonely)
+
+
+def test_every_embedded_model_is_found_and_all_of_them_fit_the_48_mb_budget():
+    """weights/ travels with the project (and to a GPU machine with a dataset): at most 48 MB in all."""
+    from magic.hub import WEIGHTS_DIR, embedded_models
+
+    folders = {path for path in WEIGHTS_DIR.iterdir() if path.is_dir()}
+    assert set(embedded_models().values()) == folders  # no folder without the file that marks a model
+    size = sum(path.stat().st_size for path in WEIGHTS_DIR.rglob("*") if path.is_file())
+    assert size <= 48e6, f"weights/ holds {size / 1e6:.1f} MB; the budget is 48 MB"
