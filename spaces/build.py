@@ -68,7 +68,8 @@ SPACES: dict[str, SpaceSpec] = {
         short_description="Text-to-image and image-to-image white blood cells",
         modules=("common", "generate"), examples=("wbc",),
         models=("magic-suite/wbc-generator", "magic-suite/wbc-generator-feedback-lora",
-                "magic-suite/checklist-evaluator", "magic-suite/wbc-classifier"),  # the last: the loop's reward
+                "magic-suite/wbc-generator-class-loras", "magic-suite/checklist-evaluator",
+                "magic-suite/wbc-classifier"),  # the last: the loop's reward
         datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0",
         launcher="generate.create_demo()"),
     "suite": SpaceSpec(
@@ -77,7 +78,7 @@ SPACES: dict[str, SpaceSpec] = {
         modules=("common", "classify", "wbc", "skin", "evaluate", "diagnose", "generate"), examples=("wbc", "skin"),
         models=("magic-suite/wbc-classifier", "magic-suite/skin-classifier", "magic-suite/checklist-evaluator",
                 "magic-suite/narrative-classifier", "magic-suite/wbc-generator",
-                "magic-suite/wbc-generator-feedback-lora"),
+                "magic-suite/wbc-generator-feedback-lora", "magic-suite/wbc-generator-class-loras"),
         datasets=("magic-suite/pbc", "magic-suite/ham10000"), license="cc-by-nc-4.0", launcher="create_app()",
         extra_files=("app.py",)),
 }

@@ -20,6 +20,7 @@ from magic.evaluation import Evaluator, load_evaluator
 from magic.feedback import FeedbackLoopConfig, FeedbackTrainConfig, run_feedback_loop
 from magic.generation import GenerationSettings, Generator
 from magic.generation.adapters import load_lora
+from magic.generation.class_loras import find_class_loras, with_class_lora
 from spaces.common import DELETE_CACHE, MAX_FILE_SIZE, UploadedImage, model_card_link, notice, read_image
 
 DEFAULT_MODEL = "magic-suite/wbc-generator"
@@ -32,12 +33,14 @@ FEEDBACK_METHODS = ("dpo", "rft")
 FEEDBACK_TRAIN_STEPS = 20  # LoRA steps per round in the tab (the CLI trains longer)
 DEFAULT_REWARD_CLASSIFIER = "magic-suite/wbc-classifier"
 DEFAULT_FEEDBACK_LORA = "magic-suite/wbc-generator-feedback-lora"  # the loop's LoRA for the embedded generator
+DEFAULT_CLASS_LORAS = "magic-suite/wbc-generator-class-loras"  # its per-class LoRAs (CytoDiff): basophil
 FEEDBACK_SOURCES = ("checklist evaluator", "classifier")  # what judges the images the loop trains on
 
 
 def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODEL, catalog: str = "pbc",
                 prompt_template: str | None = None, evaluator: Evaluator | None = None,
-                reward_classifier: str = DEFAULT_REWARD_CLASSIFIER, feedback_lora: str | None = "auto") -> gr.Blocks:
+                reward_classifier: str = DEFAULT_REWARD_CLASSIFIER, feedback_lora: str | None = "auto",
+                class_loras: str | None = "auto") -> gr.Blocks:
     """The Generate tab for a pipeline whose prompts name the conditions of ``catalog``.
 
     The prompt form and the conditions offered come from the pipeline's ``magic_generator.json`` when it has one
@@ -45,7 +48,9 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     checklist evaluator) or, when the user picks "classifier", by ``reward_classifier`` (a classifier folder or id
     whose classes include the conditions) as a ``classifier:`` evaluator. ``feedback_lora`` (a LoRA folder or id
     for this generator; ``"auto"``: the embedded one when the generator is the embedded default, else none) is
-    offered as the feedback-tuned generator, on by default.
+    offered as the feedback-tuned generator, on by default. ``class_loras`` (a folder or id of per-class LoRAs, as
+    train-class-loras writes them; ``"auto"`` as for ``feedback_lora``) draws a condition that has its own LoRA
+    with it instead, also on by default.
     """
     generator = generator or Generator.from_pretrained(model_id)
     if feedback_lora == "auto":
@@ -54,6 +59,8 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     if feedback_lora:
         tuned = generator.clone()  # its own UNet with the LoRA; the loop below starts from the untuned one
         load_lora(tuned.pipeline, feedback_lora)
+    if class_loras == "auto":
+        class_loras = DEFAULT_CLASS_LORAS if model_id == DEFAULT_MODEL else None
     conditions = load_catalog(catalog)
     info = generator.info
     prompt_template = prompt_template or (info.prompt_template if info else DEFAULT_TEMPLATE)
@@ -62,6 +69,8 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
     if not choices:
         raise ValueError(f"The generator knows {sorted(trained)}, none of which is in the {catalog!r} catalog.")
     offered = [value for _, value in choices]
+    own = {name: with_class_lora(generator, folder)  # a private UNet per class, with only that class's LoRA
+           for name, folder in (find_class_loras(class_loras, offered) if class_loras else {}).items()}
 
     @functools.cache
     def feedback_evaluator(source: str) -> Evaluator:  # loaded on the first loop, not at start-up
@@ -84,15 +93,17 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             raise gr.Error(f"{', '.join(bad)} must be finite numbers.")
 
     def generate(condition: str, mode: str, image_path: str | None, seed: float, strength: float, guidance: float,
-                 steps: float, count: float, feedback_tuned: bool = False,
+                 steps: float, count: float, feedback_tuned: bool = False, class_lora: bool = False,
                  progress=gr.Progress()):  # noqa: B008 (gradio injects it)
-        """Synthetic images of ``condition`` (from the feedback-tuned generator when asked); image-to-image
-        translates the uploaded image toward it."""
+        """Synthetic images of ``condition`` (with its own LoRA when asked and it has one, else from the
+        feedback-tuned generator when asked); image-to-image translates the uploaded image toward it."""
         check_inputs(condition, {"mode": (mode, MODES)},
                      {"seed": seed, "strength": strength, "guidance": guidance, "steps": steps, "count": count})
         if feedback_tuned and tuned is None:
             raise gr.Error("This demo has no feedback-tuned LoRA for its generator; set feedback_tuned to false.")
-        model = tuned if feedback_tuned else generator
+        if class_lora and not own:
+            raise gr.Error("This demo has no per-class LoRAs for its generator; set class_lora to false.")
+        model = own[condition] if class_lora and condition in own else tuned if feedback_tuned else generator
         try:
             settings = GenerationSettings(steps=int(steps), guidance=float(guidance), strength=float(strength),
                                           seed=int(seed))
@@ -105,7 +116,7 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
             one = GenerationSettings(settings.steps, settings.guidance, settings.strength, settings.seed + index)
             images += (model.image_to_image(source, prompt, one) if source is not None
                        else model.text_to_image(prompt, one))
-        tag = " · feedback-tuned" if feedback_tuned else ""
+        tag = f" · {condition} LoRA" if model is own.get(condition) else " · feedback-tuned" if model is tuned else ""
         return [(image, f"{condition}{tag} · seed {settings.seed + i}") for i, image in enumerate(images)]
 
     def generate_with_feedback(condition: str, seed: float, guidance: float, steps: float, rounds: float,
@@ -169,6 +180,11 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                                              label="Feedback-tuned generator (DPO LoRA)",
                                              info=f"With the LoRA MAGIC's feedback loop trained ({feedback_lora}); "
                                                   "untick for the generator as it was trained.")
+                class_lora = gr.Checkbox(bool(own), visible=bool(own), label="Own LoRA for "
+                                         f"{', '.join(sorted(own)) or 'no condition'} (CytoDiff)",
+                                         info=f"Draw a condition that has its own LoRA ({class_loras}: learnt from "
+                                              "the real training images of that class) with it, instead of the "
+                                              "generator above.")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Synthetic images (not patient data)", columns=4, height=420,
@@ -193,8 +209,8 @@ def create_demo(generator: Generator | None = None, model_id: str = DEFAULT_MODE
                 plot = gr.LinePlot(x="round", y="value", color="measure", label="Evaluator score per round",
                                    height=300)
             reports = gr.JSON(label="Per-round reports and verdicts")
-        button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count, feedback_tuned],
-                     outputs=gallery, api_name="generate")
+        button.click(generate, inputs=[condition, mode, image, seed, strength, guidance, steps, count, feedback_tuned,
+                                       class_lora], outputs=gallery, api_name="generate")
         feedback_button.click(generate_with_feedback,
                               inputs=[condition, seed, guidance, steps, rounds, per_round, method, feedback_from],
                               outputs=[feedback_gallery, plot, reports], api_name="generate_with_feedback")

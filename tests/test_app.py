@@ -112,3 +112,9 @@ def test_generate_tab_draws_cells_with_the_embedded_generator(client):
     untuned = client.predict("eosinophil", "text-to-image", None, 5, 0.3, 5.0, 8, 1, False, api_name="/generate")
     assert untuned[0]["caption"] == "eosinophil · seed 5"
     assert not np.array_equal(np.asarray(Image.open(untuned[0]["image"]).convert("RGB"), dtype=np.float32), pixels[0])
+    # and with its basophil LoRA (CytoDiff, from every real training basophil), on by default for basophils
+    basophil = client.predict("basophil", "text-to-image", None, 5, 0.3, 5.0, 8, 1, api_name="/generate")
+    tuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 5.0, 8, 1, True, False, api_name="/generate")
+    assert basophil[0]["caption"] == "basophil · basophil LoRA · seed 5"
+    assert tuned[0]["caption"] == "basophil · feedback-tuned · seed 5"
+    assert not np.array_equal(*(np.asarray(Image.open(g[0]["image"]).convert("RGB")) for g in (basophil, tuned)))

@@ -6,9 +6,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from magic.generation import Generator, GeneratorInfo, TinySDConfig, build_pipeline
-from magic.generation.adapters import add_lora, save_lora
+from magic.generation import GenerationSettings, Generator, GeneratorInfo, TinySDConfig, build_pipeline
+from magic.generation.adapters import add_lora, load_lora, save_lora
 from tests.conftest import free_port
+
+BUILT: dict = {}  # the fixture's pipeline and LoRA folders
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,14 @@ def client(tmp_path_factory):
         if "lora_B" in name:
             parameter.data.normal_(0.0, 0.5)
     lora = save_lora(pipeline, tmp_path_factory.mktemp("tiny-lora")).parent
-    demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder), feedback_lora=str(lora)).queue()
+    for name, parameter in pipeline.unet.named_parameters():  # another LoRA, basophils' own
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 0.5)
+    class_loras = tmp_path_factory.mktemp("tiny-class-loras")
+    save_lora(pipeline, class_loras / "basophil")
+    BUILT.update(pipeline=folder, basophil_lora=class_loras / "basophil")
+    demo = create_demo(Generator.from_pretrained(folder), model_id=str(folder), feedback_lora=str(lora),
+                       class_loras=str(class_loras)).queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)
     try:
@@ -48,13 +57,35 @@ def test_same_seed_gives_the_same_image_over_http(client):
 
 
 def test_the_feedback_tuned_generator_is_the_default_and_can_be_turned_off(client):
-    default = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, api_name="/generate")
-    tuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, api_name="/generate")
-    untuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, False, api_name="/generate")
-    assert default[0]["caption"] == tuned[0]["caption"] == "basophil · feedback-tuned · seed 5"
-    assert untuned[0]["caption"] == "basophil · seed 5"
+    default = client.predict("ig", "text-to-image", None, 5, 0.3, 2.0, 2, 1, api_name="/generate")
+    tuned = client.predict("ig", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, api_name="/generate")
+    untuned = client.predict("ig", "text-to-image", None, 5, 0.3, 2.0, 2, 1, False, api_name="/generate")
+    assert default[0]["caption"] == tuned[0]["caption"] == "ig · feedback-tuned · seed 5"
+    assert untuned[0]["caption"] == "ig · seed 5"
     pixels = [Image.open(gallery[0]["image"]).tobytes() for gallery in (default, tuned, untuned)]
     assert pixels[0] == pixels[1] != pixels[2]  # the LoRA is what differs
+
+
+def test_a_condition_with_its_own_lora_is_drawn_with_it_by_default(client):
+    """CytoDiff's per-class LoRA: basophils (which have one) are drawn with it instead of the feedback LoRA, as a
+    pipeline with only that LoRA loaded draws them; unticked, the feedback-tuned generator draws them again."""
+    default = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, api_name="/generate")
+    own = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, True, api_name="/generate")
+    tuned = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, False, api_name="/generate")
+    plain = client.predict("basophil", "text-to-image", None, 5, 0.3, 2.0, 2, 1, False, False, api_name="/generate")
+    assert default[0]["caption"] == own[0]["caption"] == "basophil · basophil LoRA · seed 5"
+    assert tuned[0]["caption"] == "basophil · feedback-tuned · seed 5" and plain[0]["caption"] == "basophil · seed 5"
+    pixels = [Image.open(gallery[0]["image"]).tobytes() for gallery in (default, own, tuned, plain)]
+    assert pixels[0] == pixels[1] and len(set(pixels[1:])) == 3
+    alone = Generator.from_pretrained(BUILT["pipeline"])
+    load_lora(alone.pipeline, BUILT["basophil_lora"])
+    expected = alone.text_to_image("a basophil cell", GenerationSettings(steps=2, guidance=2.0, seed=5))[0]
+    assert Image.open(own[0]["image"]).convert("RGB").tobytes() == expected.convert("RGB").tobytes()
+    # a condition without a LoRA of its own is unaffected by the option
+    with_option = client.predict("ig", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, True, api_name="/generate")
+    without = client.predict("ig", "text-to-image", None, 5, 0.3, 2.0, 2, 1, True, False, api_name="/generate")
+    assert Image.open(with_option[0]["image"]).tobytes() == Image.open(without[0]["image"]).tobytes()
+    assert with_option[0]["caption"] == "ig · feedback-tuned · seed 5"
 
 
 def test_image_to_image_needs_an_image_and_uses_it(client, tmp_path):
