@@ -130,7 +130,8 @@ def write_class_loras_index(folder: str | os.PathLike, base_model: str, prompt_t
 def export_class_loras(source: str | os.PathLike, destination: str | os.PathLike,
                        dtype: torch.dtype | None = torch.float16) -> Path:
     """Copy a folder of class LoRAs (as ``train_class_loras`` writes it) with every LoRA's weights cast to
-    ``dtype`` (e.g. to embed it in weights/), with their settings, cards and index."""
+    ``dtype`` (e.g. to embed it in weights/), with their settings, cards and index (and the source's own card,
+    else a new one)."""
     source, destination = Path(source), Path(destination)
     classes = sorted(path.name for path in source.iterdir() if (path / LORA_WEIGHTS).is_file()) \
         if source.is_dir() else []
@@ -144,6 +145,8 @@ def export_class_loras(source: str | os.PathLike, destination: str | os.PathLike
             shutil.copy(source / name / LORA_SETTINGS, destination / name / LORA_SETTINGS)
             settings = settings or json.loads((source / name / LORA_SETTINGS).read_text())
     write_class_loras_index(destination, settings.get("base_model", ""), settings.get("prompt_template", ""))
+    if (source / "README.md").is_file():  # keep a card written for the source (e.g. with its measurements)
+        shutil.copy(source / "README.md", destination / "README.md")
     return destination
 
 
@@ -234,7 +237,6 @@ def _class_lora_card(generator: Generator, name: str, images: int, config: Class
                       base_model=generator.model_id or None, tags=["lora", "diffusers", "magic-suite", "cytodiff"]),
         template_str=template, title=f"{Path(generator.model_id).name or 'generator'} {name} LoRA",
         base=generator.model_id, name=name, images=images, rank=config.rank, steps=config.steps, lr=config.lr)
-
 
 
 def _collection_card(base_model: str, classes: list[str], learnt: dict[str, dict]):
