@@ -256,7 +256,7 @@ def _raw_call(url: str, values: list[str], endpoint: str = "generate") -> str:
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "null", '"abc"'])
 def test_generate_refuses_nan_infinite_and_non_numbers_sent_as_raw_json(generate_url, setting, value):
-    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false"]
+    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false", "false"]
     values[3 + SETTINGS.index(setting)] = value
     stream = _raw_call(generate_url, values)
     assert "event: error" in stream and "event: complete" not in stream, stream[-400:]
@@ -268,7 +268,7 @@ def test_generate_still_serves_after_the_barrage(generate_client, generate_url, 
     _usable(_generate(generate_client))
     source = _save(tmp_path, "source.png", Image.new("RGB", (40, 40), (200, 120, 160)))
     _usable(_generate(generate_client, "image-to-image", handle_file(source), strength=0.5))
-    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false"]
+    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false", "false"]
     assert "event: complete" in _raw_call(generate_url, values)
 
 
@@ -277,6 +277,13 @@ def test_generate_without_a_feedback_lora_refuses_feedback_tuned_images(generate
         generate_client.predict("ig", "text-to-image", None, *(SAFE[name] for name in SETTINGS), True,
                                 api_name="/generate")
     _usable(_generate(generate_client))  # the default (untuned: there is no LoRA) still serves
+
+
+def test_generate_without_class_loras_refuses_a_class_lora(generate_client):
+    with pytest.raises(AppError, match="no per-class LoRAs"):
+        generate_client.predict("ig", "text-to-image", None, *(SAFE[name] for name in SETTINGS), False, True,
+                                api_name="/generate")
+    _usable(_generate(generate_client))
 
 
 FEEDBACK_SETTINGS = ("seed", "guidance", "steps", "rounds", "per_round")
