@@ -355,13 +355,13 @@ def cmd_tune_decoder(args: argparse.Namespace) -> int:
 
 def cmd_export_generator(args: argparse.Namespace) -> int:
     from .generation.adapters import export_lora
-    from .generation.class_loras import export_class_loras
+    from .generation.class_loras import export_class_loras, finished_classes
     from .generation.generator import export_pipeline
     from .hub import LORA_WEIGHTS
 
     if (Path(args.source) / LORA_WEIGHTS).is_file():  # a LoRA folder (a feedback loop's lora/, a class LoRA)
         folder = export_lora(args.source, args.destination, dtype=_dtype(args.dtype))
-    elif any(Path(args.source).glob(f"*/{LORA_WEIGHTS}")):  # a train-class-loras output
+    elif finished_classes(args.source):  # a train-class-loras output
         folder = export_class_loras(args.source, args.destination, dtype=_dtype(args.dtype))
     else:
         folder = export_pipeline(args.source, args.destination, dtype=_dtype(args.dtype),

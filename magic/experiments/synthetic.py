@@ -63,12 +63,9 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
         raise ValueError(f"Synthetic source {source.name!r} is {source.mode}: pass the run's real training images.")
     spec = {**source.cache_key(), "prompt_template": template, "classes": names}
     if source.lora:  # the same folder retrained (a new feedback-loop run) must not reuse the old LoRA's images
-        spec["lora_sha256"] = hashlib.sha256(b"".join(
-            path.read_bytes() for path in sorted(lora_folder.glob("*.safetensors")))).hexdigest()
+        spec["lora_sha256"] = _weights_sha256(lora_folder)
     if class_loras:  # likewise for each class's LoRA
-        spec["class_loras_sha256"] = {name: hashlib.sha256(b"".join(
-            path.read_bytes() for path in sorted(folder.glob("*.safetensors")))).hexdigest()
-            for name, folder in class_loras.items()}
+        spec["class_loras_sha256"] = {name: _weights_sha256(folder) for name, folder in class_loras.items()}
     if source.per_seed:  # the cache belongs to one real training set
         spec["real_rows"] = hashlib.sha256(np.asarray(real[INDEX_COLUMN], dtype=np.int64).tobytes()).hexdigest()
     cache.mkdir(parents=True, exist_ok=True)
@@ -124,6 +121,11 @@ def generated_pool(source: SyntheticSource, names: list[str], per_class: int, ca
     if not source.filter.enabled:
         return tagged, facts
     return _judged(source, pool, tagged, list(pool["job_id"]), names, cache, facts)
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One hash of a LoRA folder's safetensors weights (what decides the images it draws)."""
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(folder.glob("*.safetensors")))).hexdigest()
 
 
 def _judged(source: SyntheticSource, pool: datasets.Dataset, tagged: datasets.Dataset, ids: list[str],

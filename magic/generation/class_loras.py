@@ -91,7 +91,7 @@ def train_class_loras(
     folders = {}
     for name in wanted:
         folder = output / name
-        if not (folder / "pytorch_lora_weights.safetensors").is_file():  # written last: the mark of a finished class
+        if not (folder / LORA_WEIGHTS).is_file():  # written last: the mark of a finished class
             rows = shots[name]
             clone = generator.clone()
             train_denoiser(clone.pipeline, [dataset[i]["image"] for i in rows],
@@ -113,10 +113,17 @@ def train_class_loras(
     return folders
 
 
+def finished_classes(folder: str | os.PathLike) -> list[str]:
+    """The classes with a finished LoRA (``folder/CLASS/pytorch_lora_weights.safetensors``), sorted; none when
+    ``folder`` is not a folder."""
+    folder = Path(folder)
+    return sorted(path.name for path in folder.iterdir() if (path / LORA_WEIGHTS).is_file()) if folder.is_dir() else []
+
+
 def write_class_loras_index(folder: str | os.PathLike, base_model: str, prompt_template: str) -> Path:
     """Write ``CLASS_LORAS_INDEX`` and a card for every finished class LoRA under ``folder``; returns the index."""
     folder = Path(folder)
-    classes = sorted(path.name for path in folder.iterdir() if (path / LORA_WEIGHTS).is_file())
+    classes = finished_classes(folder)
     learnt = {name: json.loads((folder / name / LORA_SETTINGS).read_text()) if (folder / name / LORA_SETTINGS).is_file()
               else {} for name in classes}
     index = folder / CLASS_LORAS_INDEX
@@ -133,8 +140,7 @@ def export_class_loras(source: str | os.PathLike, destination: str | os.PathLike
     ``dtype`` (e.g. to embed it in weights/), with their settings, cards and index (and the source's own card,
     else a new one)."""
     source, destination = Path(source), Path(destination)
-    classes = sorted(path.name for path in source.iterdir() if (path / LORA_WEIGHTS).is_file()) \
-        if source.is_dir() else []
+    classes = finished_classes(source)
     if not classes:
         raise FileNotFoundError(f"{source} holds no class LoRA (CLASS/{LORA_WEIGHTS}): not a train-class-loras "
                                 "output.")
