@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from magic.classifiers import TrainConfig, train_classifier
-from magic.data import load_image_dataset
+from magic.data import TorchImageDataset, load_image_dataset
 from magic.experiments import ConfigError, config_from_dict, load_config, mixing_weights, plan_runs
 from magic.experiments import augment as augment_module
 from magic.experiments.augment import run_augment_experiment
@@ -479,6 +480,70 @@ def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_
     monkeypatch.setattr(ImageFilter, "scores", refuse)
     again, _ = source_pool(config.synthetic_sources[1], TINY_CLASSES, 4, tmp_path / "out", folder="untuned")
     assert np.flatnonzero(again["filter_kept"]).tolist() == kept.tolist()
+
+
+def test_classic_augment_real_augments_only_the_real_images_strongly_and_reuses_its_twins_images(
+        workspace, tmp_path, monkeypatch):
+    settings = {"generator": "tiny/generator", "steps": 2, "guidance": 2.0}
+    monkeypatch.chdir(workspace)
+    source_pool(SyntheticSource(name="untuned", **settings), TINY_CLASSES, 4, tmp_path / "out")  # the twin's images
+    calls = []
+    train = augment_module.train_classifier
+
+    def spy_train(config, train_dataset, val_dataset=None, log=None, sample_weights=None, **kwargs):
+        calls.append({"train": train_dataset, "config": config, **kwargs})
+        return train(config, train_dataset, val_dataset, log=log, sample_weights=sample_weights, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the source generated images its twin had already made")
+
+    monkeypatch.setattr(augment_module, "train_classifier", spy_train)
+    monkeypatch.setattr(Generator, "from_pretrained", refuse)
+    values = {
+        "name": "real-augment", "real_data": "tiny/real", "imbalanced": {"disc": 2, "square": 6, "cross": 1},
+        "total": 12, "min_per_class": 2, "synthetic_per_class": [0, 4], "synthetic_share": [0.5], "seeds": [0],
+        "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
+                         "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
+        "synthetic_sources": [{"name": "untuned", **settings},
+                              {"name": "untuned-real-classic", **settings, "classic_augment_real": True}],
+        "controls": {"extra_real": False, "classic_augmentation": True,
+                     "classic_augment": {"scale": [0.3, 1.0], "color_jitter": 0.3, "re_prob": 0.5}}}
+    config = config_from_dict(values)
+    report = run_augment_experiment(config, tmp_path / "out")
+    assert report["ran"] == 4 and not (tmp_path / "out" / "synthetic" / "untuned-real-classic").exists()
+    runs = {run["source"] or run["kind"]: run for run in report["runs"]}
+    by_source = dict(zip((run["source"] or run["kind"] for run in report["runs"]), calls))
+    strong = config.controls.classic_augment
+    mixed = by_source["untuned-real-classic"]
+    origins = np.asarray(mixed["train"][ORIGIN_COLUMN])
+    assert mixed["alternate_augment"] == strong and mixed["alternate_rows"] == (origins == "real").tolist()
+    assert 0 < sum(mixed["alternate_rows"]) < len(origins)
+    assert mixed["config"].augment == config.classifiers[0].train.augment != strong  # the added images: default
+    assert runs["untuned-real-classic"]["real_augment"] == json.loads(json.dumps(dataclasses.asdict(strong)))
+    assert runs["untuned-real-classic"]["real_augment"]["scale"] == [0.3, 1.0]
+    for name in ("untuned", "real-only", "classic-augmentation"):
+        assert "alternate_augment" not in by_source[name] and runs[name]["real_augment"] is None
+    assert by_source["classic-augmentation"]["config"].augment == strong  # the control: every image strongly
+    # the twin's images, the same rows in the same order
+    twin = by_source["untuned"]["train"]
+    assert mixed["train"][INDEX_COLUMN] == twin[INDEX_COLUMN] and mixed["train"]["label"] == twin["label"]
+
+    # a finished run is not reused once its real images are to be augmented otherwise
+    values["synthetic_sources"][1]["classic_augment_real"] = False
+    with pytest.raises(ConfigError, match="real images augmented as"):
+        run_augment_experiment(config_from_dict(values), tmp_path / "out")
+
+
+def test_a_torch_dataset_sends_the_marked_rows_through_the_alternate_transform(workspace):
+    rows = _real(workspace)["train"].select(range(6))
+    marked = [True, False, False, True, False, True]
+    data = TorchImageDataset(rows, lambda image: torch.zeros(1), lambda image: torch.ones(1), marked)
+    assert [float(data[index][0]) for index in range(6)] == [float(flag) for flag in marked]
+    assert [data[index][1] for index in range(6)] == rows["label"]
+    with pytest.raises(ValueError, match="one bool per row"):
+        TorchImageDataset(rows, lambda image: torch.zeros(1), lambda image: torch.ones(1), marked[:3])
+    with pytest.raises(ValueError, match="or neither"):
+        TorchImageDataset(rows, lambda image: torch.zeros(1), alternate_rows=marked)
 
 
 def test_a_source_with_class_loras_draws_those_classes_with_them_and_the_rest_as_before(workspace, tmp_path):

@@ -83,6 +83,8 @@ def train_classifier(
     val_dataset: datasets.Dataset | None = None,
     log: Callable[[dict], None] | None = None,
     sample_weights: Sequence[float] | None = None,
+    alternate_augment: AugmentConfig | None = None,
+    alternate_rows: Sequence[bool] | None = None,
 ) -> ImageClassifier:
     """Train a new classifier on ``train_dataset`` and calibrate it on ``val_dataset`` when given.
 
@@ -90,6 +92,8 @@ def train_classifier(
     temperature is fitted on validation logits. ``log`` receives one dict per epoch. ``sample_weights`` (one
     non-negative weight per training image) draws each epoch's ``len(train_dataset)`` images with replacement in
     proportion to the weights, in place of ``config.balance``'s sampler (a ``loss`` balance still applies).
+    ``alternate_augment`` augments the rows where ``alternate_rows`` (one bool per training image) is true in place
+    of ``config.augment`` (e.g. a stronger augmentation of the real images only, when generated ones are mixed in).
     """
     random.seed(config.seed)  # timm's crop/flip transforms draw from Python's random
     np.random.seed(config.seed)
@@ -100,7 +104,11 @@ def train_classifier(
                                    image_size=config.image_size, drop_rate=config.drop_rate).to(device)
     labels = labels_of(train_dataset)
     counts = _class_counts(labels, len(names))
-    data = TorchImageDataset(train_dataset, train_transform(classifier.preprocess, config.augment))
+    if (alternate_augment is None) != (alternate_rows is None):
+        raise ValueError("Give both alternate_augment and alternate_rows (one bool per training image), or neither.")
+    alternate = train_transform(classifier.preprocess, alternate_augment) if alternate_augment is not None else None
+    data = TorchImageDataset(train_dataset, train_transform(classifier.preprocess, config.augment), alternate,
+                             alternate_rows)
     generator = torch.Generator().manual_seed(config.seed)
     if sample_weights is not None:
         draw = np.asarray(sample_weights, dtype=np.float64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import datasets
@@ -64,16 +64,27 @@ def labels_of(dataset: datasets.Dataset) -> list[int]:
 
 
 class TorchImageDataset(torch.utils.data.Dataset):
-    """A ``datasets.Dataset`` seen as (transformed image tensor, label) pairs for a DataLoader."""
+    """A ``datasets.Dataset`` seen as (transformed image tensor, label) pairs for a DataLoader; the rows marked in
+    ``alternate_rows`` go through ``alternate`` instead of ``transform``."""
 
-    def __init__(self, dataset: datasets.Dataset, transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(self, dataset: datasets.Dataset, transform: Callable[[Image.Image], torch.Tensor],
+                 alternate: Callable[[Image.Image], torch.Tensor] | None = None,
+                 alternate_rows: Sequence[bool] | None = None):
         check_image_dataset(dataset)
+        if (alternate is None) != (alternate_rows is None):
+            raise ValueError("Give both alternate (a transform) and alternate_rows (one bool per row), or neither.")
+        if alternate_rows is not None and len(alternate_rows) != len(dataset):
+            raise ValueError(f"alternate_rows needs one bool per row ({len(dataset)}), got {len(alternate_rows)}.")
         self.dataset = dataset
         self.transform = transform
+        self.alternate = alternate
+        self.alternate_rows = [bool(flag) for flag in alternate_rows] if alternate_rows is not None else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.dataset[int(index)]
-        return self.transform(row[IMAGE_COLUMN].convert("RGB")), int(row[LABEL_COLUMN])
+        alternate = self.alternate_rows is not None and self.alternate_rows[int(index)]
+        transform = self.alternate if alternate else self.transform
+        return transform(row[IMAGE_COLUMN].convert("RGB")), int(row[LABEL_COLUMN])

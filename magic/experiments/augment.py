@@ -18,6 +18,7 @@ from ..classifiers.evaluate import evaluate_classifier
 from ..classifiers.train import TrainConfig, resolve_device, train_classifier
 from ..data.datasets import DatasetFormatError, class_names, labels_of, load_image_dataset
 from ..data.subsets import balance_exponent
+from ..data.transforms import AugmentConfig
 from .config import (
     CLASSIC,
     EXTRA_REAL,
@@ -142,6 +143,14 @@ class _Experiment:
             train = dataclasses.replace(train, max_steps=real_steps(spec.train, len(self.base(run.seed))))
         return train
 
+    def real_augment(self, run: RunSpec) -> AugmentConfig | None:
+        """The augmentation of the run's real images when it differs from that of its added images (a source with
+        ``classic_augment_real``), else None."""
+        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
+        if run.kind == SYNTHETIC and source is not None and source.classic_augment_real:
+            return self.config.controls.classic_augment
+        return None
+
     def run(self, run: RunSpec, fast: bool) -> dict:
         """Train and test one run; returns its result record."""
         started = time.time()
@@ -154,8 +163,12 @@ class _Experiment:
         if added.any() and run.share is not None:
             exponent = balance_exponent(train.balance) if self.config.balance_within_parts else 0.0
             weights = mixing_weights(labels, added, run.share, exponent)
+        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
+        real_augment = self.real_augment(run)
+        extra = {"alternate_augment": real_augment, "alternate_rows": (~added).tolist()} if real_augment else {}
         history: list[dict] = []
-        classifier = train_classifier(train, train_set, self.val, log=history.append, sample_weights=weights)
+        classifier = train_classifier(train, train_set, self.val, log=history.append, sample_weights=weights,
+                                      **extra)
         result = evaluate_classifier(classifier, self.test, progress=False)
         if result.n != len(self.test):
             raise RuntimeError(f"Evaluated {result.n} images, not the real test split's {len(self.test)}.")
@@ -173,10 +186,11 @@ class _Experiment:
                                                 default=None)},
             "test": {"split": self.config.test_split, "accuracy": result.accuracy, "macro_f1": result.macro_f1,
                      "per_class_recall": result.per_class_recall, "n": result.n, "nll": result.nll},
-            "train_config": train.to_dict(), "fast": fast, "wall_s": time.time() - started,
+            "train_config": train.to_dict(),
+            "real_augment": dataclasses.asdict(real_augment) if real_augment is not None else None,
+            "fast": fast, "wall_s": time.time() - started,
             "device": _device_name(train.device), "threads": _threads(),
         }
-        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
         if run.kind == SYNTHETIC and source is not None and source.filter.enabled:
             record["filter"] = {"judge": source.filter.describe(), "generated_per_class": run.per_class}
         if run.kind == EXTRA_REAL:
@@ -190,15 +204,19 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _finished(path: Path, run: RunSpec, train: TrainConfig, fast: bool) -> dict | None:
+def _finished(path: Path, run: RunSpec, train: TrainConfig, fast: bool,
+              real_augment: AugmentConfig | None = None) -> dict | None:
     """The saved result of ``run``, or None; raises ConfigError when it was made with other settings."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if record.get("train_config") != _plain(train.to_dict()) or record.get("fast") != fast:
+    expected = _plain(dataclasses.asdict(real_augment)) if real_augment is not None else None
+    if (record.get("train_config") != _plain(train.to_dict()) or record.get("fast") != fast
+            or record.get("real_augment") != expected):
         raise ConfigError(f"{path} holds run {run.run_id} made with other settings (fast={record.get('fast')}, "
-                          f"classifier {record.get('train_config')}); use a new --output, or delete the runs/ folder "
-                          "to start over.")
+                          f"classifier {record.get('train_config')}, real images augmented as "
+                          f"{record.get('real_augment')}); use a new --output, or delete the runs/ folder to start "
+                          "over.")
     return record
 
 
@@ -234,7 +252,8 @@ def run_augment_experiment(config: AugmentExperimentConfig | str | os.PathLike, 
     results: dict[str, dict] = {}
     pending = []
     for run in plan:
-        record = _finished(output / "runs" / f"{run.run_id}.json", run, experiment.train_config(run), fast)
+        record = _finished(output / "runs" / f"{run.run_id}.json", run, experiment.train_config(run), fast,
+                           experiment.real_augment(run))
         if record is None:
             pending.append(run)
         else:

@@ -79,6 +79,11 @@ class SyntheticSource:
     batch_size: int = field(default=1, metadata={
         "help": "Images per pipeline call (8-32 is several times faster than 1). Batched images equal the "
                 "one-at-a-time images of their seeds up to rounding, so a cache records a batch size above 1."})
+    classic_augment_real: bool = field(default=False, metadata={
+        "help": "Augment the real images of this source's runs as the classic-augmentation control does "
+                "(controls.classic_augment) and the added images as the classifier's own `augment`: both levers "
+                "without cropping the generated images. The generation settings, and so the image cache, are "
+                "those of a twin source without it."})
     filter: FilterConfig = field(default_factory=FilterConfig, metadata={
         "help": "A judge that drops generated images it does not accept (FilterConfig fields: a `classifier` "
                 "trained on real images with `min_confidence`, or an `evaluator` with `catalog` and `min_score`). "
