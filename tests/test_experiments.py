@@ -18,6 +18,7 @@ from PIL import Image
 
 from magic.classifiers import TrainConfig, train_classifier
 from magic.data import TorchImageDataset, load_image_dataset
+from magic.data.transforms import AugmentConfig
 from magic.experiments import ConfigError, config_from_dict, load_config, mixing_weights, plan_runs
 from magic.experiments import augment as augment_module
 from magic.experiments.augment import run_augment_experiment
@@ -482,7 +483,7 @@ def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_
     assert np.flatnonzero(again["filter_kept"]).tolist() == kept.tolist()
 
 
-def test_classic_augment_real_augments_only_the_real_images_strongly_and_reuses_its_twins_images(
+def test_real_augment_augments_only_the_real_images_otherwise_and_reuses_its_twins_images(
         workspace, tmp_path, monkeypatch):
     settings = {"generator": "tiny/generator", "steps": 2, "guidance": 2.0}
     monkeypatch.chdir(workspace)
@@ -505,15 +506,16 @@ def test_classic_augment_real_augments_only_the_real_images_strongly_and_reuses_
         "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
                          "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
         "synthetic_sources": [{"name": "untuned", **settings},
-                              {"name": "untuned-real-classic", **settings, "classic_augment_real": True}],
-        "controls": {"extra_real": False, "classic_augmentation": True,
-                     "classic_augment": {"scale": [0.3, 1.0], "color_jitter": 0.3, "re_prob": 0.5}}}
+                              {"name": "untuned-real-classic", **settings,
+                               "real_augment": {"scale": [0.3, 1.0], "color_jitter": 0.3, "re_prob": 0.5}}],
+        "controls": {"extra_real": False, "classic_augmentation": True}}
     config = config_from_dict(values)
     report = run_augment_experiment(config, tmp_path / "out")
     assert report["ran"] == 4 and not (tmp_path / "out" / "synthetic" / "untuned-real-classic").exists()
     runs = {run["source"] or run["kind"]: run for run in report["runs"]}
     by_source = dict(zip((run["source"] or run["kind"] for run in report["runs"]), calls))
-    strong = config.controls.classic_augment
+    strong = config.synthetic_sources[1].real_augment
+    assert strong == AugmentConfig(scale=(0.3, 1.0), color_jitter=0.3, re_prob=0.5)
     mixed = by_source["untuned-real-classic"]
     origins = np.asarray(mixed["train"][ORIGIN_COLUMN])
     assert mixed["alternate_augment"] == strong and mixed["alternate_rows"] == (origins == "real").tolist()
@@ -523,15 +525,18 @@ def test_classic_augment_real_augments_only_the_real_images_strongly_and_reuses_
     assert runs["untuned-real-classic"]["real_augment"]["scale"] == [0.3, 1.0]
     for name in ("untuned", "real-only", "classic-augmentation"):
         assert "alternate_augment" not in by_source[name] and runs[name]["real_augment"] is None
-    assert by_source["classic-augmentation"]["config"].augment == strong  # the control: every image strongly
+    assert by_source["classic-augmentation"]["config"].augment == config.controls.classic_augment
     # the twin's images, the same rows in the same order
     twin = by_source["untuned"]["train"]
     assert mixed["train"][INDEX_COLUMN] == twin[INDEX_COLUMN] and mixed["train"]["label"] == twin["label"]
 
     # a finished run is not reused once its real images are to be augmented otherwise
-    values["synthetic_sources"][1]["classic_augment_real"] = False
+    values["synthetic_sources"][1]["real_augment"]["re_prob"] = 0.25
     with pytest.raises(ConfigError, match="real images augmented as"):
         run_augment_experiment(config_from_dict(values), tmp_path / "out")
+    values["synthetic_sources"][1]["real_augment"] = {"scale": [0.3, 1.0], "colour_jitter": 0.3}
+    with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['colour_jitter'\].*real_augment"):
+        config_from_dict(values)
 
 
 def test_a_torch_dataset_sends_the_marked_rows_through_the_alternate_transform(workspace):

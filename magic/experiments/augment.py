@@ -144,12 +144,10 @@ class _Experiment:
         return train
 
     def real_augment(self, run: RunSpec) -> AugmentConfig | None:
-        """The augmentation of the run's real images when it differs from that of its added images (a source with
-        ``classic_augment_real``), else None."""
+        """The augmentation of the run's real images when it differs from that of its added images (a source's
+        ``real_augment``), else None."""
         source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
-        if run.kind == SYNTHETIC and source is not None and source.classic_augment_real:
-            return self.config.controls.classic_augment
-        return None
+        return source.real_augment if run.kind == SYNTHETIC and source is not None else None
 
     def run(self, run: RunSpec, fast: bool) -> dict:
         """Train and test one run; returns its result record."""

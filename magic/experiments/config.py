@@ -79,11 +79,11 @@ class SyntheticSource:
     batch_size: int = field(default=1, metadata={
         "help": "Images per pipeline call (8-32 is several times faster than 1). Batched images equal the "
                 "one-at-a-time images of their seeds up to rounding, so a cache records a batch size above 1."})
-    classic_augment_real: bool = field(default=False, metadata={
-        "help": "Augment the real images of this source's runs as the classic-augmentation control does "
-                "(controls.classic_augment) and the added images as the classifier's own `augment`: both levers "
-                "without cropping the generated images. The generation settings, and so the image cache, are "
-                "those of a twin source without it."})
+    real_augment: AugmentConfig | None = field(default=None, metadata={
+        "help": "Augmentation of the real images of this source's runs (AugmentConfig fields, e.g. the "
+                "classic-augmentation control's), in place of the classifier's own `augment`, which the added "
+                "images keep; null: the classifier's own for both. Not a generation setting: a source that differs "
+                "from its twin only here reuses the twin's images."})
     filter: FilterConfig = field(default_factory=FilterConfig, metadata={
         "help": "A judge that drops generated images it does not accept (FilterConfig fields: a `classifier` "
                 "trained on real images with `min_confidence`, or an `evaluator` with `catalog` and `min_score`). "
@@ -306,6 +306,8 @@ def _synthetic_source(values: Any, where: str) -> SyntheticSource:
         values["class_lora"] = _build(ClassLoRAConfig, values["class_lora"] or {}, f"{where}.class_lora")
     if "filter" in values:
         values["filter"] = _build(FilterConfig, values["filter"] or {}, f"{where}.filter")
+    if values.get("real_augment") is not None:
+        values["real_augment"] = _augment(values["real_augment"], f"{where}.real_augment")
     return _build(SyntheticSource, values, where)
 
 
