@@ -27,6 +27,7 @@ from .config import (
     AugmentExperimentConfig,
     ConfigError,
     RunSpec,
+    SyntheticSource,
     load_config,
     plan_runs,
 )
@@ -143,11 +144,17 @@ class _Experiment:
             train = dataclasses.replace(train, max_steps=real_steps(spec.train, len(self.base(run.seed))))
         return train
 
+    def source(self, run: RunSpec) -> SyntheticSource | None:
+        """The synthetic source a run adds images from (None for the other kinds)."""
+        if run.kind != SYNTHETIC:
+            return None
+        return next(item for item in self.config.synthetic_sources if item.name == run.source)
+
     def real_augment(self, run: RunSpec) -> AugmentConfig | None:
         """The augmentation of the run's real images when it differs from that of its added images (a source's
         ``real_augment``), else None."""
-        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
-        return source.real_augment if run.kind == SYNTHETIC and source is not None else None
+        source = self.source(run)
+        return source.real_augment if source is not None else None
 
     def run(self, run: RunSpec, fast: bool) -> dict:
         """Train and test one run; returns its result record."""
@@ -161,9 +168,9 @@ class _Experiment:
         if added.any() and run.share is not None:
             exponent = balance_exponent(train.balance) if self.config.balance_within_parts else 0.0
             weights = mixing_weights(labels, added, run.share, exponent)
-        source = next((item for item in self.config.synthetic_sources if item.name == run.source), None)
-        real_augment = self.real_augment(run)
-        extra = {"alternate_augment": real_augment, "alternate_rows": (~added).tolist()} if real_augment else {}
+        source, real_augment = self.source(run), self.real_augment(run)
+        extra = ({"alternate_augment": real_augment, "alternate_rows": (~added).tolist()}
+                 if real_augment is not None else {})
         history: list[dict] = []
         classifier = train_classifier(train, train_set, self.val, log=history.append, sample_weights=weights,
                                       **extra)
@@ -189,7 +196,7 @@ class _Experiment:
             "fast": fast, "wall_s": time.time() - started,
             "device": _device_name(train.device), "threads": _threads(),
         }
-        if run.kind == SYNTHETIC and source is not None and source.filter.enabled:
+        if source is not None and source.filter.enabled:
             record["filter"] = {"judge": source.filter.describe(), "generated_per_class": run.per_class}
         if run.kind == EXTRA_REAL:
             record["extra_real_rows"] = sorted(int(row) for row in np.asarray(train_set[INDEX_COLUMN])[added])
