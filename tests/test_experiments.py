@@ -427,6 +427,17 @@ def test_a_source_can_be_swept_over_its_own_counts():
         config_from_dict({**good, "synthetic_sources": [{"name": "x", "generator": "g", "synthetic_per_class": [0]}]})
 
 
+def _one_seed_experiment(name: str, sources: list[dict], classic_augmentation: bool) -> dict:
+    """A one-seed experiment config on the tiny data (2 classifier steps a run) with the given sources."""
+    return {
+        "name": name, "real_data": "tiny/real", "imbalanced": {"disc": 2, "square": 6, "cross": 1},
+        "total": 12, "min_per_class": 2, "synthetic_per_class": [0, 4], "synthetic_share": [0.5], "seeds": [0],
+        "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
+                         "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
+        "synthetic_sources": sources,
+        "controls": {"extra_real": False, "classic_augmentation": classic_augmentation}}
+
+
 def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_judge_keeps(
         workspace, tiny_classifier_dir, tmp_path, monkeypatch):
     from magic.generation.filtering import FilterConfig, ImageFilter
@@ -453,15 +464,11 @@ def test_a_filtered_source_reuses_its_twins_images_and_trains_only_on_those_its_
 
     monkeypatch.setattr(augment_module, "train_classifier", spy_train)
     monkeypatch.setattr(Generator, "from_pretrained", refuse)
-    config = config_from_dict({
-        "name": "filtered", "real_data": "tiny/real", "imbalanced": {"disc": 2, "square": 6, "cross": 1},
-        "total": 12, "min_per_class": 2, "synthetic_per_class": [0, 4], "synthetic_share": [0.5], "seeds": [0],
-        "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
-                         "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
-        "synthetic_sources": [{"name": "untuned", **settings},
-                              {"name": "untuned-kept", **settings,
-                               "filter": {"classifier": str(tiny_classifier_dir), "min_confidence": threshold}}],
-        "controls": {"extra_real": False, "classic_augmentation": False}})
+    config = config_from_dict(_one_seed_experiment(
+        "filtered", [{"name": "untuned", **settings},
+                     {"name": "untuned-kept", **settings,
+                      "filter": {"classifier": str(tiny_classifier_dir), "min_confidence": threshold}}],
+        classic_augmentation=False))
     report = run_augment_experiment(config, tmp_path / "out")
     assert report["ran"] == 3 and not (tmp_path / "out" / "synthetic" / "untuned-kept").exists()
     runs = {run["source"] or run["kind"]: run for run in report["runs"]}
@@ -500,15 +507,11 @@ def test_real_augment_augments_only_the_real_images_otherwise_and_reuses_its_twi
 
     monkeypatch.setattr(augment_module, "train_classifier", spy_train)
     monkeypatch.setattr(Generator, "from_pretrained", refuse)
-    values = {
-        "name": "real-augment", "real_data": "tiny/real", "imbalanced": {"disc": 2, "square": 6, "cross": 1},
-        "total": 12, "min_per_class": 2, "synthetic_per_class": [0, 4], "synthetic_share": [0.5], "seeds": [0],
-        "classifiers": [{"name": "tiny", "architecture": "test_efficientnet", "pretrained": False, "image_size": 32,
-                         "max_steps": 2, "batch_size": 8, "num_workers": 0, "device": "cpu"}],
-        "synthetic_sources": [{"name": "untuned", **settings},
-                              {"name": "untuned-real-classic", **settings,
-                               "real_augment": {"scale": [0.3, 1.0], "color_jitter": 0.3, "re_prob": 0.5}}],
-        "controls": {"extra_real": False, "classic_augmentation": True}}
+    values = _one_seed_experiment(
+        "real-augment", [{"name": "untuned", **settings},
+                         {"name": "untuned-real-classic", **settings,
+                          "real_augment": {"scale": [0.3, 1.0], "color_jitter": 0.3, "re_prob": 0.5}}],
+        classic_augmentation=True)
     config = config_from_dict(values)
     report = run_augment_experiment(config, tmp_path / "out")
     assert report["ran"] == 4 and not (tmp_path / "out" / "synthetic" / "untuned-real-classic").exists()
