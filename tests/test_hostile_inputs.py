@@ -243,6 +243,11 @@ def test_generate_edge_settings_give_finite_non_black_images(generate_client, ov
     _usable(_generate(generate_client, **overrides), count)
 
 
+def _safe_raw_values() -> list[str]:
+    """/generate's ten inputs as raw JSON: text-to-image of ig with SAFE settings, untuned, no class LoRA."""
+    return ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false", "false"]
+
+
 def _raw_call(url: str, values: list[str], endpoint: str = "generate") -> str:
     """Call an endpoint over gradio's REST API with a hand-written JSON body (gradio_client refuses NaN and
     Infinity, a raw HTTP client does not); returns the event stream's text."""
@@ -256,7 +261,7 @@ def _raw_call(url: str, values: list[str], endpoint: str = "generate") -> str:
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "null", '"abc"'])
 def test_generate_refuses_nan_infinite_and_non_numbers_sent_as_raw_json(generate_url, setting, value):
-    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false", "false"]
+    values = _safe_raw_values()
     values[3 + SETTINGS.index(setting)] = value
     stream = _raw_call(generate_url, values)
     assert "event: error" in stream and "event: complete" not in stream, stream[-400:]
@@ -268,7 +273,7 @@ def test_generate_still_serves_after_the_barrage(generate_client, generate_url, 
     _usable(_generate(generate_client))
     source = _save(tmp_path, "source.png", Image.new("RGB", (40, 40), (200, 120, 160)))
     _usable(_generate(generate_client, "image-to-image", handle_file(source), strength=0.5))
-    values = ['"ig"', '"text-to-image"', "null", *(json.dumps(SAFE[name]) for name in SETTINGS), "false", "false"]
+    values = _safe_raw_values()
     assert "event: complete" in _raw_call(generate_url, values)
 
 

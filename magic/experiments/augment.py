@@ -192,7 +192,7 @@ class _Experiment:
             "test": {"split": self.config.test_split, "accuracy": result.accuracy, "macro_f1": result.macro_f1,
                      "per_class_recall": result.per_class_recall, "n": result.n, "nll": result.nll},
             "train_config": train.to_dict(),
-            "real_augment": dataclasses.asdict(real_augment) if real_augment is not None else None,
+            "real_augment": _augment_record(real_augment),
             "fast": fast, "wall_s": time.time() - started,
             "device": _device_name(train.device), "threads": _threads(),
         }
@@ -209,15 +209,19 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _augment_record(augment: AugmentConfig | None) -> dict | None:
+    """An augmentation as a run's JSON records it (None: the classifier's own)."""
+    return _plain(dataclasses.asdict(augment)) if augment is not None else None
+
+
 def _finished(path: Path, run: RunSpec, train: TrainConfig, fast: bool,
               real_augment: AugmentConfig | None = None) -> dict | None:
     """The saved result of ``run``, or None; raises ConfigError when it was made with other settings."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    expected = _plain(dataclasses.asdict(real_augment)) if real_augment is not None else None
     if (record.get("train_config") != _plain(train.to_dict()) or record.get("fast") != fast
-            or record.get("real_augment") != expected):
+            or record.get("real_augment") != _augment_record(real_augment)):
         raise ConfigError(f"{path} holds run {run.run_id} made with other settings (fast={record.get('fast')}, "
                           f"classifier {record.get('train_config')}, real images augmented as "
                           f"{record.get('real_augment')}); use a new --output, or delete the runs/ folder to start "
